@@ -1,0 +1,44 @@
+"""`compressor=pool`: spatial pooling of each frame's patch grid (LLaVA-NeXT-Video, Video-XL's 2×2)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlc.tokens import FrameTokens
+
+
+class SpatialPool(nn.Module):
+    """Average (or bilinear) pooling by ``stride`` on the patch grid: N → N / stride².
+
+    A grid side that ``stride`` does not divide is pooled with ceil_mode, so edge cells average
+    fewer patches rather than being dropped.
+    """
+
+    def __init__(self, stride: int = 2, mode: str = "avg") -> None:
+        super().__init__()
+        if stride < 1:
+            raise ValueError(f"compressor.stride must be ≥ 1, got {stride}")
+        if mode not in ("avg", "bilinear"):
+            raise ValueError(f"compressor.mode must be 'avg' or 'bilinear', got {mode!r}")
+        self.stride, self.mode = stride, mode
+
+    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+        if x.grid is None:
+            raise ValueError("pool needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
+        if self.stride == 1:
+            return x
+        B, T, N, D = x.tokens.shape
+        h, w = x.grid
+        grid = x.tokens.reshape(B * T, h, w, D).permute(0, 3, 1, 2)  # (B*T, D, h, w)
+        if self.mode == "avg":
+            pooled = F.avg_pool2d(grid, self.stride, ceil_mode=True)
+        else:
+            size = (-(-h // self.stride), -(-w // self.stride))
+            pooled = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        h2, w2 = pooled.shape[-2:]
+        tokens = pooled.flatten(2).transpose(1, 2).reshape(B, T, h2 * w2, D)
+        # A pooled cell is real when any patch under it was (pruned patches do not resurrect whole cells).
+        mask = x.token_mask.reshape(B * T, 1, h, w).float()
+        mask = F.max_pool2d(mask, self.stride, ceil_mode=True).reshape(B, T, h2 * w2) > 0
+        return FrameTokens(tokens, mask, x.times, (h2, w2))

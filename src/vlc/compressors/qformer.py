@@ -1,0 +1,198 @@
+"""`compressor=qformer`: learned queries read a video out of its frame tokens.
+
+Three modes, one per source:
+
+- ``global`` (Video-LLaMA's video Q-Former): 32 queries cross-attend to the tokens of all frames
+  at once → one output frame of 32 tokens.
+- ``sliding`` (TimeChat): the same Q-Former over windows of 32 frames moved by 32 → one output
+  frame of 32 tokens per window, ceil(T / stride) of them (96 frames → 96 tokens).
+- ``slots`` (VTG-LLM's slot-based token compression): K = 256 learned slots, each a softmax over
+  the **token** axis (every slot is a weighted mean of all tokens; slots do not compete for
+  tokens, unlike Locatello et al.'s slot attention whose softmax runs over slots), one pass,
+  no transformer → one output frame of 256 tokens.
+
+In every mode a learned frame-position embedding (indexed by frame, shared by a frame's tokens) is
+added first, as the three sources do; without it (``frame_pos: false``) the read-out is blind to
+frame order. Every frame token enters directly (the sources first squeeze each frame to 32
+tokens with a frozen BLIP-2 image Q-Former; vlc compresses encoder patches instead).
+
+The Q-Former is written here in plain torch, pre-norm: per layer self-attention over the queries,
+cross-attention from queries to visual tokens (padded/pruned tokens masked out of the keys), MLP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlc.tokens import FrameTokens
+
+# Rows of the frame-position table in each source: Video-LLaMA 32, TimeChat 96, VTG-LLM 96.
+SOURCE_MAX_FRAMES = {"global": 32, "sliding": 96, "slots": 96}
+
+
+class Attention(nn.Module):
+    """Multi-head attention; ``mask`` (B, Lk) bool marks the keys that may be attended to."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, Lq, D = x.shape
+        Lk, H = context.shape[1], self.heads
+        q = self.q(x).reshape(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, Dh)
+        k, v = self.kv(context).reshape(B, Lk, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, Lk, Dh) each
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, Lk)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Lq, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, Lq, D))
+
+
+class QFormerLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, queries: Tensor, visual: Tensor, visual_mask: Tensor) -> Tensor:
+        q = self.norm_self(queries)
+        queries = queries + self.self_attn(q, q)
+        queries = queries + self.cross_attn(self.norm_cross(queries), visual, visual_mask)
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class QFormer(nn.Module):
+    """Learned queries (or slots) over frame tokens; see the module docstring for the modes.
+
+    dim:         width of the incoming features (encoder width); outputs keep it.
+    mode:        "global" | "sliding" | "slots".
+    num_queries: queries per Q-Former read-out (Video-LLaMA, TimeChat: 32).
+    depth:       Q-Former layers (Video-LLaMA's video Q-Former: 2).
+    heads:       attention heads; must divide dim.
+    mlp_ratio:   MLP width / dim (BERT: 4).
+    window:      frames per window in sliding mode (TimeChat: 32).
+    stride:      frames between window starts in sliding mode (TimeChat: 32).
+    num_slots:   slots in slots mode (VTG-LLM: 256).
+    frame_pos:   add a learned frame-position embedding (false = the order-blind ablation).
+    max_frames:  rows of that embedding; None = the source's (SOURCE_MAX_FRAMES). A sample with
+                 more real frames than rows reads the table linearly interpolated over its frames
+                 (first frame → row 0, last → last row) instead of failing.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mode: str = "global",
+        num_queries: int = 32,
+        depth: int = 2,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        window: int = 32,
+        stride: int = 32,
+        num_slots: int = 256,
+        frame_pos: bool = True,
+        max_frames: int | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in SOURCE_MAX_FRAMES:
+            raise ValueError(f"compressor.mode must be one of {sorted(SOURCE_MAX_FRAMES)}, got {mode!r}")
+        if mode != "slots" and dim % heads:
+            raise ValueError(f"compressor.heads={heads} must divide the encoder width dim={dim}")
+        if mode == "sliding" and not (1 <= stride <= window):
+            raise ValueError(f"compressor.stride must be in [1, window={window}] so windows cover every frame, got {stride}")
+        self.mode, self.window, self.stride = mode, window, stride
+        self.max_frames = max_frames or SOURCE_MAX_FRAMES[mode]
+
+        # The sources feed the video Q-Former LayerNorm-ed features (BLIP-2's ln_vision, then
+        # Q-Former outputs); one norm here puts encoder features of any scale on that footing.
+        self.norm_visual = nn.LayerNorm(dim)
+        # std 0.02 like the queries (BERT's initializer_range); Video-LLaMA leaves nn.Embedding's
+        # N(0, 1), VTG-LLM starts from zeros.
+        self.frame_pos = nn.Parameter(torch.randn(self.max_frames, dim) * 0.02) if frame_pos else None
+        if mode == "slots":
+            # VTG-LLM: torch.randn(feature_size, num_slots).
+            self.slots = nn.Parameter(torch.randn(dim, num_slots))
+        else:
+            self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+            self.layers = nn.ModuleList(QFormerLayer(dim, heads, mlp_ratio) for _ in range(depth))
+            self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+        B, T, N, D = x.tokens.shape
+        visual = self.norm_visual(x.tokens)  # (B, T, N, D)
+        if self.frame_pos is not None:
+            visual = visual + self.frame_embedding(x.frame_mask)[:, :, None]  # one row per frame
+
+        frames, inside = self.groups(T, x.tokens.device)  # (G, L) frame index, (G, L) bool
+        G, L = frames.shape
+        group_visual = visual[:, frames].reshape(B * G, L * N, D)  # (B·G, L·N, D)
+        group_mask = (x.token_mask[:, frames] & inside[None, :, :, None]).reshape(B * G, L * N)
+        real = group_mask.any(1)  # (B·G,) groups with at least one real token
+        # A group of padding only attends to everything (finite output, masked out below).
+        group_mask = group_mask | ~real[:, None]
+
+        if self.mode == "slots":
+            out = self.slot_readout(group_visual, group_mask)  # (B·G, K, D)
+        else:
+            out = self.queries.expand(B * G, -1, -1)  # (B·G, Q, D)
+            for layer in self.layers:
+                out = layer(out, group_visual, group_mask)
+            out = self.norm_out(out)
+        Q = out.shape[1]
+        out = out.reshape(B, G, Q, D)
+
+        # Time of an output frame: mean time of the real frames it covers.
+        weight = (x.frame_mask[:, frames] & inside[None]).to(x.times.dtype)  # (B, G, L)
+        group_times = x.times[:, frames]  # (B, G, L)
+        count = weight.sum(-1)
+        mean_real = (group_times * weight).sum(-1) / count.clamp(min=1)
+        mean_any = (group_times * inside).sum(-1) / inside.sum(-1)
+        times = torch.where(count > 0, mean_real, mean_any)  # (B, G)
+        token_mask = real.reshape(B, G, 1).expand(B, G, Q)
+        return FrameTokens(out, token_mask.contiguous(), times, None)
+
+    def groups(self, T: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Frames read by each output frame: (G, L) indices (clamped) and (G, L) inside-the-video."""
+        if self.mode == "sliding":
+            # TimeChat: windows start at 0, stride, 2·stride, … < T; the last may run past the end.
+            starts = torch.arange(0, T, self.stride, device=device)
+            index = starts[:, None] + torch.arange(self.window, device=device)[None]  # (G, window)
+        else:
+            index = torch.arange(T, device=device)[None]  # (1, T): one group of all frames
+        return index.clamp(max=T - 1), index < T
+
+    def frame_embedding(self, frame_mask: Tensor) -> Tensor:
+        """(B, T, D) frame-position rows; frame t of a sample with n real frames reads row t, or
+        row t·(M−1)/(n−1) (linear interpolation) when n exceeds the M rows of the table."""
+        B, T = frame_mask.shape
+        M = self.max_frames
+        n = frame_mask.sum(1).to(self.frame_pos.dtype)  # (B,) real frames, padding trailing
+        scale = torch.where(n > M, (M - 1) / (n - 1).clamp(min=1), torch.ones_like(n))  # (B,)
+        pos = torch.arange(T, device=frame_mask.device, dtype=n.dtype)[None] * scale[:, None]  # (B, T)
+        pos = pos.clamp(max=M - 1)  # padded frames past the table read its last row (masked anyway)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=M - 1)
+        frac = (pos - lo)[..., None]
+        return self.frame_pos[lo] * (1 - frac) + self.frame_pos[hi] * frac
+
+    def slot_readout(self, visual: Tensor, mask: Tensor) -> Tensor:
+        """VTG-LLM's SlotSampler: weights = softmax over tokens of (tokens · slot); slot = Σ weights · tokens.
+
+        visual (B, L, D), mask (B, L) → (B, K, D). VTG-LLM multiplies raw features by unit-normal
+        slots; the 1/√D here keeps the logits O(1) so the softmax is not one-hot at init.
+        """
+        logits = visual @ self.slots / math.sqrt(visual.shape[-1])  # (B, L, K)
+        logits = logits.masked_fill(~mask[..., None], float("-inf"))
+        weights = logits.softmax(dim=1)  # over the token axis L: each slot's weights sum to 1
+        return weights.transpose(1, 2) @ visual  # (B, K, D)

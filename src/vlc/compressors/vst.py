@@ -1,0 +1,405 @@
+"""`compressor=vst`: Video-XL visual summarization tokens, i.e. Activation Beacon KV compression
+inside the LLM.
+
+Nothing happens before the LLM (``forward`` is the identity). At prefill the visual span is cut
+into windows of ``window`` raw tokens; after every ``ratio`` raw tokens a beacon token is inserted
+(interleave). A window attends, plainly causally, to [sink (prefix) KV, all earlier beacons' KV,
+itself]; afterwards its raw KV is dropped and only its beacons' KV is kept. Beacon tokens use their
+own per-layer q/k/v projections (copies of the base ones at init); o_proj and the MLP are shared.
+
+Keys are kept *before* RoPE and rotated with fresh contiguous positions at every window, so the
+largest position stays about sink + beacons + one window however long the video is.
+
+The decoder layers are driven by an explicit loop over the model's own modules (input_layernorm,
+self_attn.{q,k,v,o}_proj, optional q_norm/k_norm, the model's rotary embedding,
+post_attention_layernorm, mlp), so any Llama-family Hugging Face model works unmodified.
+
+Beacons never carry labels: they exist only inside prefill, and the answer loss is computed on the
+text that continues from the returned ``Context`` (the Video-XL "-100 on beacons" is implicit).
+See docs/vst.md for the choices made where the paper is open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache, PreTrainedModel
+
+from vlc.tokens import Context, FrameTokens
+
+try:  # optional: only used on CUDA with fp16/bf16
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the environment
+    flash_attn_func = None
+
+ATTENTION = ("auto", "sdpa", "flash")
+
+
+@dataclass
+class _Stream:
+    """Compression state of samples that advance in lockstep (all of a batch, or one sample)."""
+
+    rows: list[int]  # batch rows carried by this stream
+    memory: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer (b, Hkv, m, Dh), keys before RoPE
+    pending: list[Tensor] = field(default_factory=list)  # raw visual embeds (b, n_i, D) not yet in a window
+    visual_tokens: int = 0
+
+    @property
+    def buffered(self) -> int:
+        return sum(p.shape[1] for p in self.pending)
+
+    @property
+    def length(self) -> int:
+        return self.memory[0][0].shape[2] if self.memory else 0
+
+    def take(self, n: int) -> Tensor:  # (b, n, D): the first n buffered raw tokens
+        buf = torch.cat(self.pending, 1) if len(self.pending) > 1 else self.pending[0]
+        self.pending = [buf[:, n:]] if buf.shape[1] > n else []
+        return buf[:, :n]
+
+    def split(self) -> list[_Stream]:
+        """One stream per row, for when the samples' visual masks stop agreeing."""
+        return [
+            _Stream(
+                rows=[row],
+                memory=[(k[j : j + 1], v[j : j + 1]) for k, v in self.memory],
+                pending=[p[j : j + 1] for p in self.pending],
+                visual_tokens=self.visual_tokens,
+            )
+            for j, row in enumerate(self.rows)
+        ]
+
+
+class VisualSummarizationTokens(nn.Module):
+    """Video-XL visual summarization tokens (KV beacons inside the LLM).
+
+    window:    raw visual tokens per window (Video-XL: 1440 = 10 frames x 144 tokens).
+    ratio:     raw tokens per beacon at inference.
+    ratios:    ratios drawn uniformly per window while training (torch's RNG, so seeding reproduces).
+    streaming: the caller may pass ``visual`` as a lazy generator of small chunks (e.g. one group of
+               frames each); only sink KV, beacon KV and the current window's raw tokens are kept.
+    compress:  False inserts no beacons and keeps all raw KV (windowed prefill == one full forward).
+    attention: "auto" (flash-attn when importable, on CUDA, in fp16/bf16; else SDPA), "sdpa" or "flash".
+    """
+
+    def __init__(
+        self,
+        window: int = 1440,
+        ratio: int = 16,
+        ratios: Sequence[int] = (2, 4, 8, 12, 16),
+        streaming: bool = True,
+        compress: bool = True,
+        attention: str = "auto",
+    ):
+        super().__init__()
+        ratios = tuple(int(r) for r in ratios)
+        if window < 1:
+            raise ValueError(f"vst: window={window}; configs/compressor/vst.yaml needs window >= 1")
+        for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios]:
+            if not 1 <= value <= window:
+                raise ValueError(f"vst: {key} contains {value}; every ratio must lie in 1..window ({window})")
+        if not ratios:
+            raise ValueError("vst: ratios is empty; give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
+        if attention not in ATTENTION:
+            raise ValueError(f"vst: attention={attention!r}; expected one of {ATTENTION}")
+        self.window = int(window)
+        self.ratio = int(ratio)
+        self.ratios = ratios
+        self.streaming = bool(streaming)
+        self.compress = bool(compress)
+        self.attention = attention
+        # Filled by attach(): per-layer beacon projections and the beacon embedding row.
+        self.beacon_q = nn.ModuleList()
+        self.beacon_k = nn.ModuleList()
+        self.beacon_v = nn.ModuleList()
+        self.register_parameter("beacon_embed", None)
+        # Bookkeeping of the last prefill, for tests and efficiency reports.
+        self.last_max_position = -1
+        self.last_windows: list[tuple[int, int, int]] = []  # (raw tokens, ratio or 0, beacons) per window
+
+    def extra_repr(self) -> str:
+        return (
+            f"window={self.window}, ratio={self.ratio}, ratios={list(self.ratios)}, "
+            f"streaming={self.streaming}, compress={self.compress}"
+        )
+
+    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+        return x  # compression happens inside the LLM, in prefill()
+
+    # ------------------------------------------------------------------ parameters
+
+    def attach(self, llm: PreTrainedModel, tokenizer) -> None:
+        """Create the beacon parameters from ``llm``: per layer a copy of q/k/v_proj, and one beacon
+        embedding row copied from the eos embedding. They live in this module (not in the HF model),
+        so the optimizer and the checkpoint see them with the compressor. Calling it again
+        re-initialises them; load a checkpoint after attaching."""
+        layers, _ = _decoder_parts(llm)
+        self.beacon_q = nn.ModuleList(_copy_linear(layer.self_attn.q_proj) for layer in layers)
+        self.beacon_k = nn.ModuleList(_copy_linear(layer.self_attn.k_proj) for layer in layers)
+        self.beacon_v = nn.ModuleList(_copy_linear(layer.self_attn.v_proj) for layer in layers)
+        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        if eos is None:
+            eos = llm.config.eos_token_id
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+        if eos is None:
+            raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id to initialise beacons")
+        weight = llm.get_input_embeddings().weight  # (V, D)
+        self.beacon_embed = nn.Parameter(weight[int(eos)].detach().clone())  # (D,)
+
+    # ------------------------------------------------------------------ prefill
+
+    def prefill(
+        self,
+        llm: PreTrainedModel,
+        sink: Tensor,
+        sink_mask: Tensor,
+        visual: Iterable[tuple[Tensor, Tensor]],
+    ) -> Context:
+        """Compress ``sink + visual`` into a Context.
+
+        sink (B, S, D) embedded prefix, sink_mask (B, S); visual: (embeds (B, n, D), mask (B, n))
+        chunks in order, consumed lazily. The returned cache holds, per sample, sink KV then all
+        beacon KV, keys rotated for positions 0..len-1, left-padded where samples differ in length.
+        """
+        layers, rotary = _decoder_parts(llm)
+        if self.beacon_embed is None or len(self.beacon_q) != len(layers):
+            raise RuntimeError(
+                f"vst.prefill: call attach(llm, tokenizer) first (beacon layers {len(self.beacon_q)} vs model {len(layers)})"
+            )
+        B = sink.shape[0]
+        sink_mask = sink_mask.bool()
+        self.last_max_position, self.last_windows = -1, []
+        run = _Runner(self, layers, rotary, llm)
+
+        # All rows in lockstep while every mask is all-true; otherwise one stream per sample.
+        if sink_mask.all():
+            streams = [_Stream(rows=list(range(B)))]
+            if sink.shape[1]:
+                run.window(streams[0], sink, ratio=None)
+        else:
+            streams = [_Stream(rows=[b]) for b in range(B)]
+            for s in streams:
+                if sink_mask[s.rows[0]].any():
+                    run.window(s, sink[s.rows[0], sink_mask[s.rows[0]]][None], ratio=None)
+
+        for embeds, mask in visual:  # embeds (B, n, D), mask (B, n)
+            mask = mask.bool()
+            if len(streams) == 1 and B > 1 and not mask.all():
+                streams = streams[0].split()
+            for s in streams:
+                if len(s.rows) > 1:
+                    chunk = embeds  # lockstep: every mask so far is all-true
+                else:
+                    row = s.rows[0]
+                    chunk = embeds[row : row + 1] if mask[row].all() else embeds[row, mask[row]][None]
+                if chunk.shape[1] == 0:
+                    continue
+                s.pending.append(chunk)
+                s.visual_tokens += chunk.shape[1]
+                self._run_full_windows(run, s)
+
+        for s in streams:
+            if s.buffered:  # the last window holds what remains and is still compressed
+                n = s.buffered
+                run.window(s, s.take(n), ratio=self._draw_ratio() if self.compress else None)
+        return self._context(streams, B, rotary, sink.device)
+
+    def _run_full_windows(self, run: _Runner, s: _Stream) -> None:
+        while s.buffered >= self.window:
+            if not self.compress:
+                run.window(s, s.take(self.window), ratio=None)
+                continue
+            r = self._draw_ratio()
+            # A window compresses a whole number of beacon groups; the n % r raw tokens left over
+            # open the next window (so no raw token is lost and every beacon sees r raw tokens).
+            run.window(s, s.take(self.window // r * r), ratio=r)
+
+    def _draw_ratio(self) -> int:
+        if not self.training:
+            return self.ratio
+        return self.ratios[int(torch.randint(len(self.ratios), ()).item())]
+
+    def _context(self, streams: list[_Stream], B: int, rotary: nn.Module, device: torch.device) -> Context:
+        rows = sorted(((row, s, j) for s in streams for j, row in enumerate(s.rows)), key=lambda t: t[0])
+        for row, s, _ in rows:
+            if s.length == 0:
+                raise ValueError(f"vst.prefill: sample {row} has neither prefix nor visual tokens")
+        length = torch.tensor([s.length for _, s, _ in rows], device=device)  # (B,)
+        L = int(length.max())
+        cache = DynamicCache()
+        for i in range(len(self.beacon_q)):
+            rotated = {}
+            for s in streams:
+                k, v = s.memory[i]  # (b, Hkv, m, Dh), keys not yet rotated
+                cos, sin = rotary(v, torch.arange(s.length, device=device)[None])  # (1, m, Dh)
+                rotated[id(s)] = (_rope(k, cos, sin), v)
+            if len(streams) == 1:
+                keys, values = rotated[id(streams[0])]
+            else:  # left padding, so every sample's last entry sits at the same column
+                keys = torch.cat([F.pad(rotated[id(s)][0][j : j + 1], (0, 0, L - s.length, 0)) for _, s, j in rows])
+                values = torch.cat([F.pad(rotated[id(s)][1][j : j + 1], (0, 0, L - s.length, 0)) for _, s, j in rows])
+            cache.update(keys, values, i)  # (B, Hkv, L, Dh)
+        attention_mask = (torch.arange(L, device=device)[None] >= (L - length)[:, None]).long()  # (B, L)
+        visual_tokens = torch.tensor([s.visual_tokens for _, s, _ in rows], device=device)
+        return Context(cache, attention_mask, length, visual_tokens)
+
+
+class _Runner:
+    """Runs one window through the decoder layers and updates a stream's KV memory."""
+
+    def __init__(self, vst: VisualSummarizationTokens, layers: nn.ModuleList, rotary: nn.Module, llm):
+        self.vst, self.layers, self.rotary = vst, layers, rotary
+        self.checkpointing = vst.training and getattr(llm, "is_gradient_checkpointing", False)
+
+    def window(self, s: _Stream, x: Tensor, ratio: int | None) -> None:
+        """x (b, n, D) raw embeds; ratio None: no beacons, keep all KV (the sink, or compress=False)."""
+        vst = self.vst
+        b, n, _ = x.shape
+        if ratio is None:
+            plan, h, nb = None, x, 0
+        else:
+            plan = _interleave(n, ratio, x.device)
+            nb = plan.beacon_slots.numel()
+            beacons = vst.beacon_embed.to(x.dtype).expand(b, nb, -1)  # (b, nb, D)
+            h = torch.cat([x, beacons], 1)[:, plan.order]  # (b, n + nb, D) raw and beacons interleaved
+        m, L = s.length, h.shape[1]
+        # Fresh contiguous positions: memory 0..m-1, this window m..m+L-1.
+        cos, sin = self.rotary(h, torch.arange(m + L, device=x.device)[None])  # (1, m + L, Dh)
+        vst.last_max_position = max(vst.last_max_position, m + L - 1)
+        vst.last_windows.append((n, ratio or 0, nb))
+        if not s.memory:
+            s.memory = [(None, None)] * len(self.layers)
+        for i in range(len(self.layers)):
+            args = (i, h, s.memory[i][0], s.memory[i][1], cos, sin, plan)
+            if self.checkpointing and torch.is_grad_enabled():
+                h, k, v = checkpoint(self.layer, *args, use_reentrant=False)
+            else:
+                h, k, v = self.layer(*args)
+            s.memory[i] = (k, v)
+
+    def layer(self, i: int, h: Tensor, mem_k: Tensor | None, mem_v: Tensor | None, cos: Tensor, sin: Tensor, plan):
+        """One decoder layer over a window. h (b, L, D); mem_* (b, Hkv, m, Dh) keys before RoPE, or None.
+        Returns the layer's output (b, L, D) and the new memory (raw KV dropped when ``plan`` has beacons)."""
+        vst, layer = self.vst, self.layers[i]
+        attn = layer.self_attn
+        b, L, _ = h.shape
+        head_dim = attn.head_dim
+        x = layer.input_layernorm(h)
+        k = _project(x, attn.k_proj, vst.beacon_k[i], plan).view(b, L, -1, head_dim)
+        v = _project(x, attn.v_proj, vst.beacon_v[i], plan).view(b, L, -1, head_dim).transpose(1, 2)
+        if getattr(attn, "k_norm", None) is not None:
+            k = attn.k_norm(k)
+        k = k.transpose(1, 2)  # (b, Hkv, L, Dh)
+        keep_k, keep_v = (k, v) if plan is None else (k[:, :, plan.beacon_slots], v[:, :, plan.beacon_slots])
+        if mem_k is not None:
+            keys, values = torch.cat([mem_k, k], 2), torch.cat([mem_v, v], 2)  # (b, Hkv, m + L, Dh)
+            keep_k, keep_v = torch.cat([mem_k, keep_k], 2), torch.cat([mem_v, keep_v], 2)
+        else:
+            keys, values = k, v
+        if i == len(self.layers) - 1:
+            return h, keep_k, keep_v  # the last layer's output is never read: only its KV is cached
+
+        q = _project(x, attn.q_proj, vst.beacon_q[i], plan).view(b, L, -1, head_dim)
+        if getattr(attn, "q_norm", None) is not None:
+            q = attn.q_norm(q)
+        q = _rope(q.transpose(1, 2), cos[:, -L:], sin[:, -L:])  # (b, H, L, Dh)
+        keys = _rope(keys, cos, sin)
+        scale = getattr(attn, "scaling", head_dim**-0.5)
+        dropout = getattr(attn, "attention_dropout", 0.0) if vst.training else 0.0
+        o = _attend(q, keys, values, scale, dropout, vst.attention)  # (b, L, H * Dh)
+        h = h + attn.o_proj(o)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, keep_k, keep_v
+
+
+@dataclass
+class _Plan:
+    order: Tensor  # (n + nb,) index into cat([raw, beacons]) for each slot of the window
+    raw_slots: Tensor  # (n,) slots of the raw tokens
+    beacon_slots: Tensor  # (nb,) slots of the beacons
+
+
+def _interleave(n: int, r: int, device: torch.device) -> _Plan:
+    """Slots of n raw tokens with a beacon after every r of them (ceil(n / r) beacons: a trailing
+    partial group still gets its beacon, after its last raw token)."""
+    nb = -(-n // r)
+    t = torch.arange(n, device=device)
+    j = torch.arange(nb, device=device)
+    raw_slots = t + t // r  # raw token t has t // r beacons before it
+    beacon_slots = torch.clamp((j + 1) * r, max=n) + j  # beacon j follows raw token min((j+1)r, n) - 1
+    order = torch.empty(n + nb, dtype=torch.long, device=device)
+    order[torch.cat([raw_slots, beacon_slots])] = torch.arange(n + nb, device=device)
+    return _Plan(order, raw_slots, beacon_slots)
+
+
+def _project(x: Tensor, base: nn.Module, beacon: nn.Module, plan: _Plan | None) -> Tensor:
+    """Raw slots through the model's projection, beacon slots through the beacon copy. x (b, L, D)."""
+    if plan is None:
+        return base(x)
+    out = torch.cat([base(x[:, plan.raw_slots]), beacon(x[:, plan.beacon_slots])], 1)
+    return out[:, plan.order]
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Llama-style rotary embedding (rotate_half). x (b, H, L, Dh); cos/sin (1, L, Dh)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout: float, attention: str) -> Tensor:
+    """Causal attention with q_len <= k_len, bottom-right aligned (query i sees keys up to
+    i + k_len - q_len). q (b, H, Lq, Dh); k/v (b, Hkv, Lk, Dh) with H a multiple of Hkv (GQA).
+    Returns (b, Lq, H * Dh)."""
+    b, H, Lq, Dh = q.shape
+    Lk = k.shape[2]
+    use_flash = attention == "flash" or (
+        attention == "auto" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    )
+    if use_flash and flash_attn_func is not None:
+        # flash-attn's causal=True is bottom-right aligned and handles GQA itself.
+        o = flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout, softmax_scale=scale, causal=True
+        )  # (b, Lq, H, Dh)
+        return o.reshape(b, Lq, H * Dh)
+    if attention == "flash":
+        raise RuntimeError("vst: attention='flash' but flash_attn is not installed; use 'auto' or 'sdpa'")
+    # SDPA's is_causal=True is top-left aligned, wrong when Lq < Lk: pass the mask explicitly.
+    mask = torch.arange(Lk, device=q.device)[None] <= torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
+    o = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=k.shape[1] != H
+    )  # (b, H, Lq, Dh)
+    return o.transpose(1, 2).reshape(b, Lq, H * Dh)
+
+
+def _decoder_parts(llm: PreTrainedModel) -> tuple[nn.ModuleList, nn.Module]:
+    """The decoder layers and the rotary embedding of a Llama-family causal LM."""
+    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
+    layers = getattr(decoder, "layers", None)
+    rotary = getattr(decoder, "rotary_emb", None)
+    if layers is None or rotary is None:
+        raise TypeError(
+            f"vst: {type(llm).__name__} has no decoder.layers / decoder.rotary_emb; vst needs a Llama-family model"
+        )
+    for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
+        if not hasattr(layers[0], name):
+            raise TypeError(f"vst: decoder layer {type(layers[0]).__name__} has no {name}; vst needs a Llama-family model")
+    return layers, rotary
+
+
+def _copy_linear(proj: nn.Module) -> nn.Linear:
+    """A fresh nn.Linear with the weights of ``proj`` (its base layer when wrapped, e.g. by LoRA)."""
+    proj = getattr(proj, "base_layer", proj)
+    w = proj.weight
+    copy = nn.Linear(w.shape[1], w.shape[0], bias=proj.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        copy.weight.copy_(w)
+        if proj.bias is not None:
+            copy.bias.copy_(proj.bias)
+    return copy

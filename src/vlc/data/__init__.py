@@ -1,0 +1,1 @@
+"""Video decoding, frame sampling, annotation readers, the synthetic benchmark and the datamodule."""

@@ -1,0 +1,281 @@
+"""``VideoLLM``: encoder → compressor → projector → prompt assembly → LLM prefill → continuation.
+
+One LightningModule for every compressor. The submodules are built from plain config dicts that
+``save_hyperparameters`` stores, so ``VideoLLM.load_from_checkpoint(path)`` works without Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from vlc.backbone.encoder import VisionEncoder
+from vlc.backbone.llm import build_llm
+from vlc.backbone.projector import MLPProjector
+from vlc.backbone.tokenizer import load_tokenizer
+from vlc.compressors import build_compressor
+from vlc.evaluation.efficiency import Stopwatch, peak_memory_mb, reset_peak_memory
+from vlc.model.prefill import (
+    answer_loss,
+    continue_from,
+    default_prefill,
+    greedy_generate,
+    left_pad,
+    repeat_context,
+    token_logprobs,
+)
+from vlc.model.prompt import PromptBuilder
+from vlc.tokens import Context
+
+COMPONENTS = ("encoder", "projector", "compressor", "llm")
+MAX_CANDIDATES = 26
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class VideoLLM(L.LightningModule):
+    """
+    encoder:    ``VisionEncoder`` arguments.             llm:       ``build_llm`` arguments.
+    tokenizer:  ``load_tokenizer`` arguments.            projector: ``MLPProjector`` extras.
+    compressor: a compressor config (``_target_``, ``_partial_``); None = no compression.
+    prompt:     ``PromptBuilder`` arguments.
+    optim:      lr, weight_decay, betas, warmup_steps, component_lr {encoder, projector, compressor, llm}.
+    freeze:     {component: bool}; frozen components get no gradients and no optimizer state.
+    """
+
+    def __init__(
+        self,
+        encoder: dict,
+        llm: dict,
+        tokenizer: dict | None = None,
+        projector: dict | None = None,
+        compressor: dict | None = None,
+        prompt: dict | None = None,
+        optim: dict | None = None,
+        freeze: dict | None = None,
+        max_new_tokens: int = 16,
+    ) -> None:
+        super().__init__()
+        encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze = map(
+            _plain, (encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze)
+        )
+        self.save_hyperparameters(
+            dict(encoder=encoder, llm=llm, tokenizer=tokenizer, projector=projector, compressor=compressor,
+                 prompt=prompt, optim=optim, freeze=freeze, max_new_tokens=max_new_tokens)
+        )
+        self.tokenizer = load_tokenizer(**(tokenizer or {}))
+        self.encoder = VisionEncoder(**encoder)
+        self.llm = build_llm(**llm, vocab_size=len(self.tokenizer))
+        self.projector = MLPProjector(self.encoder.dim, self.llm.config.hidden_size, **(projector or {}))
+        self.compressor = build_compressor(compressor, self.encoder.dim)
+        if hasattr(self.compressor, "attach"):
+            self.compressor.attach(self.llm, self.tokenizer)
+        self.prompt = PromptBuilder(self.tokenizer, **(prompt or {}))
+        self.optim_cfg = optim or {}
+        self.max_new_tokens = max_new_tokens
+        for name, frozen in (freeze or {}).items():
+            if name not in COMPONENTS:
+                raise ValueError(f"freeze.{name}: unknown component; choose from {COMPONENTS}")
+            if frozen:
+                getattr(self, name).requires_grad_(False)
+        self.val_acc = MulticlassAccuracy(num_classes=MAX_CANDIDATES, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=MAX_CANDIDATES, average="micro")
+        self._task_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.predictions: list[dict[str, Any]] = []
+
+    # ---- context -----------------------------------------------------------------------------
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.llm.get_input_embeddings()(ids.to(self.device))
+
+    def _prefix(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        ids = torch.tensor(self.prompt.prefix_ids(), device=self.device)
+        sink = self.embed(ids)[None].expand(batch_size, -1, -1)  # (B, S, D)
+        return sink, torch.ones(sink.shape[:2], dtype=torch.long, device=self.device)
+
+    def _visual_stream(self, batch: dict, frames_per_chunk: int, watch: Stopwatch) -> Iterator[tuple[Tensor, Tensor]]:
+        """Encode, compress and project frames a chunk at a time: only one chunk's activations live."""
+        pixels, frame_mask, times = batch["pixels"], batch["frame_mask"], batch["times"]
+        for t0 in range(0, pixels.shape[1], frames_per_chunk):
+            sl = slice(t0, t0 + frames_per_chunk)
+            with watch.span("encoder"):
+                ft, norm = self.encoder(pixels[:, sl], frame_mask[:, sl], times[:, sl])
+                ft = self.compressor(ft, norm)
+            self._visual_count = self._visual_count + ft.num_tokens()
+            yield self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
+
+    def encode_context(self, batch: dict, watch: Stopwatch | None = None) -> Context:
+        """pixels → Context (KV cache of prefix + visual)."""
+        watch = watch or Stopwatch(self.device)
+        B = batch["pixels"].shape[0]
+        sink, sink_mask = self._prefix(B)
+        if getattr(self.compressor, "streaming", False):
+            window = int(getattr(self.compressor, "window", self.encoder.tokens_per_frame))
+            self._visual_count = torch.zeros(B, dtype=torch.long, device=self.device)
+            stream = self._visual_stream(batch, max(1, window // self.encoder.tokens_per_frame), watch)
+            ctx = self.compressor.prefill(self.llm, sink, sink_mask, stream)
+            ctx.visual_tokens = self._visual_count
+            return ctx
+        with watch.span("encoder"):
+            ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
+            ft = self.compressor(ft, norm)
+        vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
+        if hasattr(self.compressor, "prefill"):
+            ctx = self.compressor.prefill(self.llm, sink, sink_mask, [(vis, vis_mask)])
+            ctx.visual_tokens = ft.num_tokens()
+            return ctx
+        seqs = [torch.cat([sink[b], vis[b][vis_mask[b].bool()]]) for b in range(B)]
+        embeds, mask = left_pad(seqs)
+        return default_prefill(self.llm, embeds, mask, ft.num_tokens())
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batch: dict) -> Tensor:
+        """The answer loss of a batch (cross entropy on answer tokens only)."""
+        ctx = self.encode_context(batch)
+        text = self.prompt.training_batch(batch["questions"], batch["candidates"], batch["answers"])
+        logits = continue_from(self.llm, ctx, self.embed(text.ids), text.mask.to(self.device))
+        return answer_loss(logits, text.labels.to(self.device))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_candidates(self, ctx: Context, questions: list[str], candidates: list[list[str]]) -> Tensor:
+        """Log-likelihood of every option's text after the question → (B, K); -inf pads missing options."""
+        B = len(questions)
+        k = max(len(c) for c in candidates)
+        if k > MAX_CANDIDATES:
+            raise ValueError(f"a sample has {k} candidates; at most {MAX_CANDIDATES} are supported")
+        q = self.prompt.question_batch(questions, candidates)
+        q_mask = q.mask.to(self.device)
+        logits = continue_from(self.llm, ctx, self.embed(q.ids), q_mask)
+        first = logits[torch.arange(B, device=self.device), q_mask.sum(1) - 1]  # (B, V) predicts option token 0
+        ctx_k = repeat_context(ctx, k)
+        c = self.prompt.candidate_batch(candidates, k)
+        c_ids, c_mask = c.ids.to(self.device), c.mask.to(self.device)
+        logits_c = continue_from(self.llm, ctx_k, self.embed(c_ids), c_mask)  # (B·k, Lc, V)
+        full = torch.cat([first.repeat_interleave(k, 0)[:, None], logits_c[:, :-1]], 1)
+        targets = c_ids.masked_fill(c_mask == 0, -100)
+        scores = token_logprobs(full, targets).sum(1).view(B, k)
+        valid = torch.tensor([[j < len(cs) for j in range(k)] for cs in candidates], device=self.device)
+        return scores.masked_fill(~valid, -math.inf)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to each sample's question, decoded to text."""
+        ctx = self.encode_context(batch)
+        q = self.prompt.question_batch(batch["questions"], batch["candidates"])
+        out = greedy_generate(
+            self.llm, ctx, self.embed(q.ids), q.mask.to(self.device),
+            max_new_tokens or self.max_new_tokens, self.tokenizer.eos_token_id,
+        )
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def evaluate_batch(self, batch: dict) -> dict[str, Any]:
+        """Accuracy and cost of one batch, measured the same way for every compressor."""
+        B = len(batch["ids"])
+        watch = Stopwatch(self.device)
+        reset_peak_memory(self.device)
+        with watch.span("context"):
+            ctx = self.encode_context(batch, watch)
+        peak = peak_memory_mb(self.device)
+        kv_bytes = ctx.kv_bytes()
+        kv_tokens = ctx.attention_mask.sum(1)
+        scores = self.score_candidates(ctx, batch["questions"], batch["candidates"])
+        pred = scores.argmax(1)
+        target = torch.tensor([c.index(a) for c, a in zip(batch["candidates"], batch["answers"])], device=self.device)
+        return dict(
+            pred=pred, target=target, scores=scores,
+            visual_tokens=ctx.visual_tokens.float(), kv_tokens=kv_tokens.float(), kv_bytes=kv_bytes.float(),
+            encoder_ms=watch.ms("encoder") / B, prefill_ms=(watch.ms("context") - watch.ms("encoder")) / B,
+            context_ms=watch.ms("context") / B, peak_mem_mb=peak,
+        )
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        out = self.evaluate_batch(batch)
+        B = len(batch["ids"])
+        acc = self.val_acc if stage == "val" else self.test_acc
+        acc(out["pred"], out["target"])
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=True, batch_size=B)
+        for key in ("visual_tokens", "kv_tokens", "kv_bytes"):
+            self.log(f"{stage}/{key}", out[key].mean(), on_epoch=True, batch_size=B)
+        for key in ("encoder_ms", "prefill_ms", "context_ms", "peak_mem_mb"):
+            self.log(f"{stage}/{key}", float(out[key]), on_epoch=True, batch_size=B)
+        for i in range(B):
+            correct = bool(out["pred"][i] == out["target"][i])
+            counts = self._task_counts[batch["tasks"][i] or "all"]
+            counts[0] += correct
+            counts[1] += 1
+            self.predictions.append(
+                dict(id=batch["ids"][i], task=batch["tasks"][i], question=batch["questions"][i],
+                     candidates=batch["candidates"][i], answer=batch["answers"][i],
+                     prediction=batch["candidates"][i][int(out["pred"][i])], correct=correct,
+                     scores=[round(float(s), 4) for s in out["scores"][i][: len(batch["candidates"][i])]],
+                     meta=batch["meta"][i] if "meta" in batch else {},
+                     visual_tokens=int(out["visual_tokens"][i]), kv_tokens=int(out["kv_tokens"][i]))
+            )
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        if len(self._task_counts) > 1:
+            for task, (right, total) in sorted(self._task_counts.items()):
+                self.log(f"{stage}/acc_{task}", right / max(total, 1))
+        self._task_counts.clear()
+
+    def on_validation_epoch_start(self) -> None:
+        self.predictions = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        lr = float(cfg.get("lr", 1e-3))
+        component_lr = cfg.get("component_lr") or {}
+        groups = []
+        for name in COMPONENTS:
+            params = [p for p in getattr(self, name).parameters() if p.requires_grad]
+            if params:
+                groups.append(dict(params=params, lr=float(component_lr.get(name) or lr), name=name))
+        if not groups:
+            raise ValueError("every component is frozen: nothing to train (see the freeze config)")
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
+                                betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        warmup = int(cfg.get("warmup_steps", 0))
+        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 0
+        total = int(total) if total and math.isfinite(total) else 0
+        min_ratio = float(cfg.get("min_lr_ratio", 0.1))
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to min_lr_ratio
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if not total or total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval="step"))
