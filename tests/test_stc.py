@@ -111,3 +111,12 @@ def test_errors_name_the_problem():
         build("stc", depth=1)(x.replace(token_mask=holes))
     with pytest.raises(ValueError, match="downsample"):
         STCConnector(DIM, downsample="max")
+
+
+def test_times_stay_full_precision_under_autocast():
+    x = frames(1, 4, h=4, w=4)
+    x = x.replace(times=x.times + 1000.0)  # bf16 resolves 1000 s only to 4 s
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = build("stc", depth=1)(x)
+    assert out.times.dtype == torch.float32
+    assert out.times.tolist() == [[1000.0, 1000.75, 1001.5]]

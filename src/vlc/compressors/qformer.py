@@ -110,7 +110,7 @@ class QFormer(nn.Module):
         if mode != "slots" and dim % heads:
             raise ValueError(f"compressor.heads={heads} must divide the encoder width dim={dim}")
         if mode == "sliding" and not (1 <= stride <= window):
-            raise ValueError(f"compressor.stride must be in [1, window={window}] so windows cover every frame, got {stride}")
+            raise ValueError(f"compressor.stride must be in [1, window={window}] so every frame is read, got {stride}")
         self.mode, self.window, self.stride = mode, window, stride
         self.max_frames = max_frames or SOURCE_MAX_FRAMES[mode]
 

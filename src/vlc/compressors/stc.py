@@ -127,21 +127,19 @@ class STCConnector(nn.Module):
         out = self.readout(feats)  # (B, T', h'·w', out_dim)
 
         # Which input frames each output frame covers follows the same kernel/stride/padding in time.
+        # (Summed by hand, not by conv1d, so autocast cannot round times to bf16.)
         times = x.times[bidx, src]  # (B, T2)
-        ones = torch.ones(1, 1, kt, device=times.device, dtype=times.dtype)
 
         def cover(v: Tensor) -> Tensor:  # (B, T2) → (B, T'): sum over the slots under each output frame
-            return F.conv1d(v[:, None], ones, stride=kt, padding=self.padding)[:, 0]
+            return F.pad(v, (self.padding, self.padding)).unfold(1, kt, kt).sum(-1)
 
         weight = keep.to(times.dtype)
         real_count = cover(weight)  # (B, T'): real input frames under each output frame
         real = real_count > 0
         # Mean time of the real frames covered; an all-padding output keeps the mean of its slots.
         mean_real = cover(times * weight) / real_count.clamp(min=1)
-        mean_any = cover(times) / cover(torch.ones_like(times))
-        out_times = torch.where(real, mean_real, mean_any)
-        if out_times.shape[1] != T3:  # only if the time kernel/padding were set inconsistently
-            raise RuntimeError(f"stc: time bookkeeping gives {out_times.shape[1]} frames, features {T3}")
+        mean_any = cover(times) / cover(torch.ones_like(times)).clamp(min=1)
+        out_times = torch.where(real, mean_real, mean_any)  # (B, T')
         token_mask = real[:, :, None].expand(B, T3, h3 * w3)
         return FrameTokens(out, token_mask.contiguous(), out_times, (h3, w3))
 

@@ -120,7 +120,7 @@ class VisualSummarizationTokens(nn.Module):
         self.register_parameter("beacon_embed", None)
         # Bookkeeping of the last prefill, for tests and efficiency reports.
         self.last_max_position = -1
-        self.last_windows: list[tuple[int, int, int]] = []  # (raw tokens, ratio or 0, beacons) per window
+        self.last_windows: list[tuple[int, int, int]] = []  # (raw tokens, ratio or 0, beacons) per visual window
 
     def extra_repr(self) -> str:
         return (
@@ -175,18 +175,18 @@ class VisualSummarizationTokens(nn.Module):
         B = sink.shape[0]
         sink_mask = sink_mask.bool()
         self.last_max_position, self.last_windows = -1, []
-        run = _Runner(self, layers, rotary, llm)
+        run = _Runner(self, layers, rotary)
 
         # All rows in lockstep while every mask is all-true; otherwise one stream per sample.
         if sink_mask.all():
             streams = [_Stream(rows=list(range(B)))]
             if sink.shape[1]:
-                run.window(streams[0], sink, ratio=None)
+                run.window(streams[0], sink, ratio=None, visual=False)
         else:
             streams = [_Stream(rows=[b]) for b in range(B)]
             for s in streams:
                 if sink_mask[s.rows[0]].any():
-                    run.window(s, sink[s.rows[0], sink_mask[s.rows[0]]][None], ratio=None)
+                    run.window(s, sink[s.rows[0], sink_mask[s.rows[0]]][None], ratio=None, visual=False)
 
         for embeds, mask in visual:  # embeds (B, n, D), mask (B, n)
             mask = mask.bool()
@@ -253,11 +253,10 @@ class VisualSummarizationTokens(nn.Module):
 class _Runner:
     """Runs one window through the decoder layers and updates a stream's KV memory."""
 
-    def __init__(self, vst: VisualSummarizationTokens, layers: nn.ModuleList, rotary: nn.Module, llm):
+    def __init__(self, vst: VisualSummarizationTokens, layers: nn.ModuleList, rotary: nn.Module):
         self.vst, self.layers, self.rotary = vst, layers, rotary
-        self.checkpointing = vst.training and getattr(llm, "is_gradient_checkpointing", False)
 
-    def window(self, s: _Stream, x: Tensor, ratio: int | None) -> None:
+    def window(self, s: _Stream, x: Tensor, ratio: int | None, visual: bool = True) -> None:
         """x (b, n, D) raw embeds; ratio None: no beacons, keep all KV (the sink, or compress=False)."""
         vst = self.vst
         b, n, _ = x.shape
@@ -272,12 +271,14 @@ class _Runner:
         # Fresh contiguous positions: memory 0..m-1, this window m..m+L-1.
         cos, sin = self.rotary(h, torch.arange(m + L, device=x.device)[None])  # (1, m + L, Dh)
         vst.last_max_position = max(vst.last_max_position, m + L - 1)
-        vst.last_windows.append((n, ratio or 0, nb))
+        if visual:
+            vst.last_windows.append((n, ratio or 0, nb))
         if not s.memory:
             s.memory = [(None, None)] * len(self.layers)
         for i in range(len(self.layers)):
             args = (i, h, s.memory[i][0], s.memory[i][1], cos, sin, plan)
-            if self.checkpointing and torch.is_grad_enabled():
+            # Honour the LLM's activation checkpointing: HF marks each checkpointed layer with this flag.
+            if vst.training and torch.is_grad_enabled() and getattr(self.layers[i], "gradient_checkpointing", False) is True:
                 h, k, v = checkpoint(self.layer, *args, use_reentrant=False)
             else:
                 h, k, v = self.layer(*args)

@@ -67,7 +67,7 @@ def indices_in_window(
     """The half-open index range ``[lo, hi)`` of frames whose timestamp lies in ``[start, end]``.
 
     ``None`` means the start / end of the video. A window that holds no frame timestamp (e.g.
-    shorter than one frame period) still yields the one frame nearest its start, so a sample
+    shorter than one frame period) still yields the first frame from its start on, so a sample
     with a tiny window is not silently dropped. Windows past the end clip to the last frame.
     """
     if num_total < 1:
@@ -81,6 +81,11 @@ def indices_in_window(
     lo = min(max(lo, 0), num_total - 1)
     hi = min(max(hi, lo + 1), num_total)
     return lo, hi
+
+
+def frame_times(indices: np.ndarray, native_fps: float) -> np.ndarray:
+    """(T,) float32 seconds of frame ``indices``: ``index / native_fps``, the frame's start time."""
+    return (np.asarray(indices, dtype=np.float64) / native_fps).astype(np.float32)
 
 
 def sample_indices(

@@ -9,6 +9,7 @@ be found.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -16,9 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlc.data.sampling import sample_indices
+from vlc.data.sampling import frame_times, sample_indices
 
 BACKENDS = ("decord", "av")
+
+log = logging.getLogger(__name__)
+_warned_decord_width = False  # warn about the decord width fallback once per process
 
 
 class VideoReadError(RuntimeError):
@@ -74,7 +78,7 @@ def read_video(
     frames = torch.from_numpy(decoded[inverse])  # (T, H, W, 3) uint8
     if size is not None:
         frames = resize_frames(frames, size)
-    times = torch.from_numpy(indices.astype(np.float64) / native_fps).float()  # (T,)
+    times = torch.from_numpy(frame_times(indices, native_fps))  # (T,)
     return VideoClip(frames=frames, times=times, native_fps=native_fps, duration=num_total / native_fps, path=path)
 
 
@@ -151,7 +155,15 @@ def _decode_decord(path: str, reader, indices: np.ndarray) -> np.ndarray:
     try:
         frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
     except Exception as error:  # noqa: BLE001
-        raise VideoReadError(path, _diagnose(path, error)) from error
+        if "DECORDArrayCopyFromTo" not in str(error):
+            raise VideoReadError(path, _diagnose(path, error)) from error
+        # decord 0.6 mishandles padded rows for a few small widths (8, 12, 16, 24, 48, 72 px):
+        # get_batch fails this way. PyAV decodes the same frames, so use it for such files.
+        global _warned_decord_width
+        if not _warned_decord_width:
+            log.warning("decord cannot copy frames of %s (a known decord bug for some small widths); using PyAV", path)
+            _warned_decord_width = True
+        return _decode_av(path, indices)
     if frames.shape[0] != len(indices):
         raise VideoReadError(path, f"decoded {frames.shape[0]} frames, expected {len(indices)}")
     return frames

@@ -1,0 +1,235 @@
+"""Annotation readers: MVBench-style multiple choice and LLaVA-style conversations → ``Sample``.
+
+Both readers validate every item up front and raise ``AnnotationError`` naming the file, the
+item's index (and line, for JSON Lines) and the key at fault, so a bad annotation stops a run
+before training starts rather than hours into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Sample:
+    id: str
+    video: str  # absolute path
+    question: str
+    answer: str
+    candidates: list[str] | None = None  # multiple-choice options; None for open-ended answers
+    start: float | None = None  # seconds; sampling is restricted to [start, end] when given
+    end: float | None = None
+    task: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file or item."""
+
+    def __init__(self, path: str | os.PathLike, message: str, index: int | None = None, line: int | None = None, key: str | None = None) -> None:
+        where = str(path)
+        if index is not None:
+            where += f", item {index}"
+        if line is not None:
+            where += f" (line {line})"
+        if key is not None:
+            where += f", key {key!r}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.index, self.line, self.key = str(path), index, line, key
+
+
+# Placeholders that LLaVA-style prompts put where the visual tokens go; vlc places the visual
+# span itself, so they are removed from the question text.
+_PLACEHOLDER = re.compile(r"\s*<(video|image)>\s*")
+
+_MC_KEYS = {"id", "video", "question", "candidates", "answer", "start", "end", "task", "meta"}
+_LLAVA_KEYS = {"id", "video", "conversations", "start", "end", "task", "meta"}
+
+
+def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None) -> list[Sample]:
+    """Multiple-choice items (MVBench layout) from a JSON list or a JSON Lines file.
+
+    Each item: ``video``, ``question``, ``candidates`` (list of str), ``answer`` (one of the
+    candidates); optional ``start``/``end`` (seconds), ``id`` (default ``<file stem>-<index>``),
+    ``task`` (default the file stem, as MVBench keeps one task per file) and ``meta`` (dict).
+    Other keys are kept in ``meta``. Relative video paths are taken from ``video_root``, by
+    default the annotation file's folder.
+    """
+    path = Path(path)
+    root = _video_root(path, video_root)
+    samples: list[Sample] = []
+    first_use: dict[str, int] = {}  # id → index of the item that used it first
+    for index, line, item in _read_items(path):
+        where = dict(path=path, index=index, line=line)
+        video = _get(item, "video", str, **where)
+        question = _get(item, "question", str, **where)
+        candidates = _get(item, "candidates", list, **where)
+        if len(candidates) < 2:
+            raise AnnotationError(path, f"{len(candidates)} candidates, expected at least 2", index, line, "candidates")
+        for k, option in enumerate(candidates):
+            if not isinstance(option, str):
+                raise AnnotationError(path, f"candidate {k} is {type(option).__name__} {option!r}, expected str", index, line, "candidates")
+        answer = _get(item, "answer", str, **where)
+        if answer not in candidates:
+            raise AnnotationError(path, f"answer {answer!r} is not one of the candidates {candidates}", index, line, "answer")
+        _append_unique(
+            samples,
+            first_use,
+            Sample(
+                id=_id(item, f"{path.stem}-{index}", **where),
+                video=_resolve(root, video),
+                question=question,
+                answer=answer,
+                candidates=list(candidates),
+                task=_get(item, "task", str, required=False, **where) or path.stem,
+                meta=_meta(item, _MC_KEYS, **where),
+                **_window(item, **where),
+            ),
+            **where,
+        )
+    return samples
+
+
+def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None) -> list[Sample]:
+    """Open-ended items (LLaVA layout) from a JSON list or a JSON Lines file.
+
+    Each item: ``id``, ``video`` and ``conversations``, a list of ``{"from", "value"}`` turns. The
+    first human turn followed by a gpt turn becomes question / answer; the ``<video>`` (or
+    ``<image>``) placeholder is stripped from the question. Later turns are kept in
+    ``meta["conversations"]`` when there are any. ``candidates`` is None.
+    """
+    path = Path(path)
+    root = _video_root(path, video_root)
+    samples: list[Sample] = []
+    first_use: dict[str, int] = {}  # id → index of the item that used it first
+    for index, line, item in _read_items(path):
+        where = dict(path=path, index=index, line=line)
+        if "id" not in item:
+            raise AnnotationError(path, "missing key 'id' (LLaVA items need an id)", index, line, "id")
+        video = _get(item, "video", str, **where)
+        turns = _get(item, "conversations", list, **where)
+        if not turns:
+            raise AnnotationError(path, "empty conversation, expected a human turn and a gpt turn", index, line, "conversations")
+        for k, turn in enumerate(turns):
+            if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+                raise AnnotationError(
+                    path, f"turn {k} is {turn!r}, expected {{'from': str, 'value': str}}", index, line, "conversations"
+                )
+        pair = next(
+            (k for k in range(len(turns) - 1) if turns[k]["from"] == "human" and turns[k + 1]["from"] == "gpt"), None
+        )
+        if pair is None:
+            roles = [t["from"] for t in turns]
+            raise AnnotationError(path, f"no human turn followed by a gpt turn (roles: {roles})", index, line, "conversations")
+        question = _PLACEHOLDER.sub(" ", turns[pair]["value"]).strip()
+        meta = _meta(item, _LLAVA_KEYS, **where)
+        if len(turns) > pair + 2:
+            meta["conversations"] = turns
+        _append_unique(
+            samples,
+            first_use,
+            Sample(
+                id=_id(item, None, **where),
+                video=_resolve(root, video),
+                question=question,
+                answer=turns[pair + 1]["value"].strip(),
+                candidates=None,
+                task=_get(item, "task", str, required=False, **where) or path.stem,
+                meta=meta,
+                **_window(item, **where),
+            ),
+            **where,
+        )
+    return samples
+
+
+def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
+    """``(index, line or None, item)`` for each object of a JSON list or JSON Lines file."""
+    if not path.is_file():
+        raise AnnotationError(path, "annotation file not found")
+    text = path.read_text(encoding="utf-8")
+    items: list[tuple[int, int | None, Any]] = []
+    if path.suffix == ".jsonl":
+        for lineno, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                items.append((len(items), lineno, json.loads(raw)))
+            except json.JSONDecodeError as error:
+                raise AnnotationError(path, f"invalid JSON ({error.msg})", len(items), lineno) from error
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise AnnotationError(
+                path, f"invalid JSON ({error.msg}, column {error.colno}); use .jsonl for one object per line", line=error.lineno
+            ) from error
+        if not isinstance(data, list):
+            raise AnnotationError(path, f"top level is {type(data).__name__}, expected a list of objects")
+        items = [(i, None, item) for i, item in enumerate(data)]
+    for index, line, item in items:
+        if not isinstance(item, dict):
+            raise AnnotationError(path, f"item is {type(item).__name__}, expected an object", index, line)
+    return items
+
+
+def _get(item: dict, key: str, kind: type, path: Path, index: int, line: int | None, required: bool = True) -> Any:
+    if key not in item or item[key] is None:
+        if required:
+            raise AnnotationError(path, f"missing key {key!r}", index, line, key)
+        return None
+    value = item[key]
+    if not isinstance(value, kind):
+        raise AnnotationError(path, f"value {value!r} is {type(value).__name__}, expected {kind.__name__}", index, line, key)
+    return value
+
+
+def _id(item: dict, default: str | None, path: Path, index: int, line: int | None) -> str:
+    if "id" not in item and default is not None:
+        return default
+    value = item["id"]
+    # Integer ids are common (LLaVA data mixes both); bools are never meant as ids.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise AnnotationError(path, f"value {value!r} is not a usable id, expected a non-empty str or an int", index, line, "id")
+    return str(value)
+
+
+def _window(item: dict, path: Path, index: int, line: int | None) -> dict[str, float | None]:
+    window = {}
+    for key in ("start", "end"):
+        value = item.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise AnnotationError(path, f"value {value!r}, expected a number of seconds >= 0 or null", index, line, key)
+        window[key] = None if value is None else float(value)
+    if window["start"] is not None and window["end"] is not None and window["end"] <= window["start"]:
+        raise AnnotationError(path, f"end {window['end']} <= start {window['start']}", index, line, "end")
+    return window
+
+
+def _meta(item: dict, known: set[str], path: Path, index: int, line: int | None) -> dict[str, Any]:
+    meta = _get(item, "meta", dict, required=False, path=path, index=index, line=line)
+    extra = {k: v for k, v in item.items() if k not in known}
+    return {**extra, **(meta or {})}
+
+
+def _resolve(root: Path, video: str) -> str:
+    return os.path.abspath(os.path.join(root, os.path.expanduser(video)))
+
+
+def _video_root(path: Path, video_root: str | os.PathLike | None) -> Path:
+    return Path(video_root) if video_root is not None else path.parent
+
+
+def _append_unique(
+    samples: list[Sample], first_use: dict[str, int], sample: Sample, path: Path, index: int, line: int | None
+) -> None:
+    # Ids key predictions and metrics, so a repeated id would silently merge two samples' results.
+    if sample.id in first_use:
+        raise AnnotationError(path, f"duplicate id {sample.id!r}, first used by item {first_use[sample.id]}", index, line, "id")
+    first_use[sample.id] = index
+    samples.append(sample)
