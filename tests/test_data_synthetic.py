@@ -70,6 +70,12 @@ def test_order_two_colours_first_one_is_the_answer():
         assert 0 <= a and a + 1 < b < 12  # separate events, at least one haystack frame apart
         assert colored_pixels(frames[a], first) > 0 and colored_pixels(frames[b], second) > 0
         assert sum(not is_grey(f) for f in frames) == 2
+    # Clips of 3 frames in 7: the only layout with a haystack frame between them.
+    frames, _, _, _, meta = make_video_frames("order", sample_rng(0, "o", 99), 7, 16, needle_frames=3)
+    assert meta["starts"] == [0, 4] and meta["event_indices"] == [0, 1, 2, 4, 5, 6]
+    assert [is_grey(f) for f in frames] == [False, False, False, True, False, False, False]
+    with pytest.raises(ValueError, match="order task needs num_frames >= 2\*needle_frames\+1 = 7, got 6"):
+        make_video_frames("order", sample_rng(0, "o", 99), 6, 16, needle_frames=3)
 
 
 def test_count_non_adjacent_red_flashes():

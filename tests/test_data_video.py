@@ -208,6 +208,25 @@ def test_unreadable_video_raises_naming_path_and_cause(broken_files, backend, ki
     assert str(path) in str(info.value) and info.value.path == str(path)
 
 
+def test_zero_frame_stream_is_reported(needle_video, monkeypatch):
+    # FFmpeg's muxers drop a video track without frames, so fake what decord would report.
+    import decord
+
+    class EmptyReader:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __len__(self):
+            return 0
+
+        def get_avg_fps(self):
+            return 4.0
+
+    monkeypatch.setattr(decord, "VideoReader", EmptyReader)
+    with pytest.raises(VideoReadError, match="zero frames in the video stream"):
+        read_video(needle_video[0], num_frames=4)
+
+
 def test_read_video_argument_errors(needle_video):
     path = needle_video[0]
     with pytest.raises(ValueError, match="exactly one of num_frames or fps"):

@@ -53,4 +53,7 @@ def test_transform_numbers_sampled_frames_like_numpro():
     assert torch.equal(by_index, draw_frame_numbers(frames, [0, 60, 120]))
     green = NumProTransform(color=(0, 255, 0))(frames, times, indices)
     assert (green[0][(green[0] != frames[0]).any(-1)][:, 0] < 90).all()
+    assert torch.equal(transform(frames.permute(0, 3, 1, 2)), draw_frame_numbers(frames, [0, 1, 2]).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="needs the frames' times"):
+        NumProTransform(number_by="second")(frames)
     assert transform.prompt == NUMPRO_PROMPT == "The red numbers on each frame represent the frame number."

@@ -28,7 +28,7 @@ from vlc.compressors import call_with_dim
 from vlc.tokens import FrameTokens
 
 
-def build_stage(stage: Any, dim: int) -> nn.Module:
+def build_stage(stage: Any, dim: int, **backbone: Any) -> nn.Module:
     """A stage given as a built module, a partial (Hydra's recursive instantiation) or a config."""
     if isinstance(stage, DictConfig):
         stage = OmegaConf.to_container(stage, resolve=True)
@@ -36,7 +36,7 @@ def build_stage(stage: Any, dim: int) -> nn.Module:
         if "_target_" not in stage:
             raise ValueError(f"compressor.stages: a stage has no _target_: {stage}")
         stage = hydra.utils.instantiate(stage)
-    return call_with_dim(stage, dim)
+    return call_with_dim(stage, dim, **backbone)
 
 
 def same_frames(before: FrameTokens, after: FrameTokens) -> bool:
@@ -47,11 +47,12 @@ def same_frames(before: FrameTokens, after: FrameTokens) -> bool:
 class CompressorChain(nn.Module):
     """Run ``stages`` in order; the output of one is the input of the next."""
 
-    def __init__(self, dim: int, stages: Sequence[Any]) -> None:
+    def __init__(self, dim: int, stages: Sequence[Any], **backbone: Any) -> None:
+        # backbone: what the model knows (pixel_std, question_dim), passed on to the stages that ask.
         super().__init__()
         if len(stages) == 0:
             raise ValueError("compressor.stages is empty: list at least one compressor config")
-        self.stages = nn.ModuleList(build_stage(s, dim) for s in stages)
+        self.stages = nn.ModuleList(build_stage(s, dim, **backbone) for s in stages)
         for i, stage in enumerate(self.stages[:-1]):
             if hasattr(stage, "prefill"):
                 raise ValueError(

@@ -48,9 +48,11 @@ class DifferentialFramePruning(nn.Module):
         threshold: float = 0.1,
         min_tokens: int = 1,
         fallback: str = "most_changed",
-        pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+        pixel_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        # The model passes its encoder's std; standalone use assumes the (0.5, 0.5, 0.5) of timm ViTs.
+        pixel_std = (0.5, 0.5, 0.5) if pixel_std is None else pixel_std
         if min_tokens < 1:
             raise ValueError(f"compressor.min_tokens must be ≥ 1, got {min_tokens}")
         if fallback not in ("most_changed", "first"):
@@ -68,7 +70,7 @@ class DifferentialFramePruning(nn.Module):
         if x.grid is None:
             raise ValueError("diffp needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
         if pixels.shape[:3] != (B, T, 3):
-            raise ValueError(f"diffp: pixels shape {tuple(pixels.shape)} does not match (B, T, 3, H, W) with B={B}, T={T}")
+            raise ValueError(f"diffp: pixels shape {tuple(pixels.shape)} is not (B, T, 3, H, W) with B={B}, T={T}")
         gh, gw = x.grid
         H, W = pixels.shape[-2:]
         if H % gh or W % gw:

@@ -18,6 +18,17 @@ tokens with a frozen BLIP-2 image Q-Former; vlc compresses encoder patches inste
 
 The Q-Former is written here in plain torch, pre-norm: per layer self-attention over the queries,
 cross-attention from queries to visual tokens (padded/pruned tokens masked out of the keys), MLP.
+
+``question_aware: true`` (``global`` and ``sliding``; VideoChat2 / InstructBLIP): the question's
+tokens, as the LLM embeds them, are projected to the Q-Former width (``question_proj``, then a
+LayerNorm like BERT's embedding norm) and join the queries in every layer's self-attention,
+both ways (queries read the question, question tokens read the queries). Only the queries
+cross-attend to the video and only the queries are returned, as InstructBLIP does. Two
+simplifications: the question half passes through self-attention only (InstructBLIP gives it a
+feed-forward of its own per layer), and it carries no position embedding (the LLM's input
+embeddings have none; InstructBLIP's BERT adds its own). The compressor then sets
+``uses_question = True`` and needs ``question=(embeds (B, Lq, question_dim), mask (B, Lq))``;
+see docs/question_awareness.md for what that costs (no context reuse across questions).
 """
 
 from __future__ import annotations
@@ -65,11 +76,24 @@ class QFormerLayer(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, queries: Tensor, visual: Tensor, visual_mask: Tensor) -> Tensor:
-        q = self.norm_self(queries)
-        queries = queries + self.self_attn(q, q)
+    def forward(
+        self, queries: Tensor, visual: Tensor, visual_mask: Tensor, text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """queries (B, Q, D); visual (B, L, D) + mask (B, L); text (B, Lq, D) + mask (B, Lq) or None.
+        Returns the updated queries and text (None stays None)."""
+        Q = queries.shape[1]
+        if text is None:
+            q = self.norm_self(queries)
+            queries = queries + self.self_attn(q, q)
+        else:  # InstructBLIP: instruction tokens share the self-attention with the queries
+            seq = torch.cat([queries, text], 1)  # (B, Q + Lq, D)
+            keys_ok = torch.cat([torch.ones_like(text_mask[:, :1]).expand(-1, Q), text_mask], 1)
+            s = self.norm_self(seq)
+            seq = seq + self.self_attn(s, s, keys_ok)
+            queries, text = seq[:, :Q], seq[:, Q:]
         queries = queries + self.cross_attn(self.norm_cross(queries), visual, visual_mask)
-        return queries + self.mlp(self.norm_mlp(queries))
+        return queries + self.mlp(self.norm_mlp(queries)), text
 
 
 class QFormer(nn.Module):
@@ -88,6 +112,10 @@ class QFormer(nn.Module):
     max_frames:  rows of that embedding; None = the source's (SOURCE_MAX_FRAMES). A sample with
                  more real frames than rows reads the table linearly interpolated over its frames
                  (first frame → row 0, last → last row) instead of failing.
+    question_aware: the question's tokens join the queries' self-attention (InstructBLIP);
+                 global and sliding modes only. Sets ``uses_question`` on the instance.
+    question_dim: width of the question embeddings (the LLM hidden size); None = infer it on the
+                 first forward (nn.LazyLinear). Only used when question_aware.
     """
 
     def __init__(
@@ -103,6 +131,8 @@ class QFormer(nn.Module):
         num_slots: int = 256,
         frame_pos: bool = True,
         max_frames: int | None = None,
+        question_aware: bool = False,
+        question_dim: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in SOURCE_MAX_FRAMES:
@@ -111,7 +141,11 @@ class QFormer(nn.Module):
             raise ValueError(f"compressor.heads={heads} must divide the encoder width dim={dim}")
         if mode == "sliding" and not (1 <= stride <= window):
             raise ValueError(f"compressor.stride must be in [1, window={window}] so every frame is read, got {stride}")
+        if question_aware and mode == "slots":
+            raise ValueError("compressor.question_aware needs mode global or sliding (slots have no self-attention)")
         self.mode, self.window, self.stride = mode, window, stride
+        # An instance attribute: the model hands the question only to compressors that ask for it.
+        self.uses_question = question_aware
         self.max_frames = max_frames or SOURCE_MAX_FRAMES[mode]
 
         # The sources feed the video Q-Former LayerNorm-ed features (BLIP-2's ln_vision, then
@@ -127,8 +161,19 @@ class QFormer(nn.Module):
             self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
             self.layers = nn.ModuleList(QFormerLayer(dim, heads, mlp_ratio) for _ in range(depth))
             self.norm_out = nn.LayerNorm(dim)
+        if question_aware:
+            self.question_proj = nn.Linear(question_dim, dim) if question_dim is not None else nn.LazyLinear(dim)
+            self.norm_question = nn.LayerNorm(dim)  # BERT normalises its token embeddings the same way
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
+        """question: (embeds (B, Lq, question_dim), mask (B, Lq)); read only when question_aware."""
+        if self.uses_question and question is None:
+            raise ValueError(
+                "qformer with question_aware: true reads the question but got question=None; "
+                "pass question=(embeds (B, Lq, D_llm), mask (B, Lq)) as VideoLLM._compress does"
+            )
         B, T, N, D = x.tokens.shape
         visual = self.norm_visual(x.tokens)  # (B, T, N, D)
         if self.frame_pos is not None:
@@ -146,8 +191,13 @@ class QFormer(nn.Module):
             out = self.slot_readout(group_visual, group_mask)  # (B·G, K, D)
         else:
             out = self.queries.expand(B * G, -1, -1)  # (B·G, Q, D)
+            text = text_mask = None
+            if self.uses_question:
+                embeds, q_mask = question
+                text = self.norm_question(self.question_proj(embeds.to(out.dtype)))  # (B, Lq, D)
+                text, text_mask = text.repeat_interleave(G, 0), q_mask.bool().repeat_interleave(G, 0)  # per group
             for layer in self.layers:
-                out = layer(out, group_visual, group_mask)
+                out, text = layer(out, group_visual, group_mask, text, text_mask)
             out = self.norm_out(out)
         Q = out.shape[1]
         out = out.reshape(B, G, Q, D)

@@ -54,8 +54,9 @@ class _Stream:
         return sum(p.shape[1] for p in self.pending)
 
     @property
-    def length(self) -> int:
-        return self.memory[0][0].shape[2] if self.memory else 0
+    def length(self) -> int:  # cache entries held so far (sink + beacons, or raw too when not compressing)
+        keys = self.memory[0][0] if self.memory else None
+        return 0 if keys is None else keys.shape[2]
 
     def take(self, n: int) -> Tensor:  # (b, n, D): the first n buffered raw tokens
         buf = torch.cat(self.pending, 1) if len(self.pending) > 1 else self.pending[0]
@@ -102,7 +103,7 @@ class VisualSummarizationTokens(nn.Module):
             raise ValueError(f"vst: window={window}; configs/compressor/vst.yaml needs window >= 1")
         for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios]:
             if not 1 <= value <= window:
-                raise ValueError(f"vst: {key} contains {value}; every ratio must lie in 1..window ({window})")
+                raise ValueError(f"vst: {key} has {value}, outside 1..window ({window}); lower it or raise window")
         if not ratios:
             raise ValueError("vst: ratios is empty; give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
         if attention not in ATTENTION:
@@ -120,7 +121,8 @@ class VisualSummarizationTokens(nn.Module):
         self.register_parameter("beacon_embed", None)
         # Bookkeeping of the last prefill, for tests and efficiency reports.
         self.last_max_position = -1
-        self.last_windows: list[tuple[int, int, int]] = []  # (raw tokens, ratio or 0, beacons) per visual window
+        # (raw tokens, ratio or 0, beacons) per visual window run; a lockstep batch's window counts once
+        self.last_windows: list[tuple[int, int, int]] = []
 
     def extra_repr(self) -> str:
         return (
@@ -148,7 +150,7 @@ class VisualSummarizationTokens(nn.Module):
         if isinstance(eos, (list, tuple)):
             eos = eos[0] if eos else None
         if eos is None:
-            raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id to initialise beacons")
+            raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id for the beacons")
         weight = llm.get_input_embeddings().weight  # (V, D)
         self.beacon_embed = nn.Parameter(weight[int(eos)].detach().clone())  # (D,)
 
@@ -170,7 +172,8 @@ class VisualSummarizationTokens(nn.Module):
         layers, rotary = _decoder_parts(llm)
         if self.beacon_embed is None or len(self.beacon_q) != len(layers):
             raise RuntimeError(
-                f"vst.prefill: call attach(llm, tokenizer) first (beacon layers {len(self.beacon_q)} vs model {len(layers)})"
+                f"vst.prefill: call attach(llm, tokenizer) first "
+                f"({len(self.beacon_q)} beacon layers, the model has {len(layers)})"
             )
         B = sink.shape[0]
         sink_mask = sink_mask.bool()
@@ -278,7 +281,8 @@ class _Runner:
         for i in range(len(self.layers)):
             args = (i, h, s.memory[i][0], s.memory[i][1], cos, sin, plan)
             # Honour the LLM's activation checkpointing: HF marks each checkpointed layer with this flag.
-            if vst.training and torch.is_grad_enabled() and getattr(self.layers[i], "gradient_checkpointing", False) is True:
+            checkpointed = getattr(self.layers[i], "gradient_checkpointing", False) is True
+            if checkpointed and vst.training and torch.is_grad_enabled():
                 h, k, v = checkpoint(self.layer, *args, use_reentrant=False)
             else:
                 h, k, v = self.layer(*args)
@@ -390,7 +394,9 @@ def _decoder_parts(llm: PreTrainedModel) -> tuple[nn.ModuleList, nn.Module]:
         )
     for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
         if not hasattr(layers[0], name):
-            raise TypeError(f"vst: decoder layer {type(layers[0]).__name__} has no {name}; vst needs a Llama-family model")
+            raise TypeError(
+                f"vst: decoder layer {type(layers[0]).__name__} has no {name}; vst needs a Llama-family model"
+            )
     return layers, rotary
 
 

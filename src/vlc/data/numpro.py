@@ -54,8 +54,8 @@ def draw_number(image: Image.Image, text: str, position: str, font_size: int, co
     else:  # center
         x, y = (width - text_w) // 2, (height - text_h) // 2
     if position.startswith("bottom"):
-        # NumPro lifts bottom text by a third of its height: the box measured from (0, 0)
-        # starts below the font's top bearing, which would push the glyphs off the frame.
+        # NumPro lifts bottom text by a third of its height: the glyphs start below the anchor
+        # (the font's top bearing), so without the lift their lower part would leave the frame.
         y -= text_h / 3
     draw.text((x, y), text, font=font, fill=tuple(color))
 
@@ -72,7 +72,10 @@ def draw_frame_numbers(
     Channels-last is assumed when the last dimension is 3. The input is not modified.
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4:
-        raise ValueError(f"draw_frame_numbers: frames must be uint8 (T, H, W, 3) or (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
+        raise ValueError(
+            "draw_frame_numbers: frames must be uint8 (T, H, W, 3) or (T, 3, H, W), "
+            f"got {frames.dtype} {tuple(frames.shape)}"
+        )
     if position not in POSITIONS:
         raise ValueError(f"NumPro position must be one of {POSITIONS}, got {position!r}")
     if len(numbers) != frames.shape[0]:
@@ -94,6 +97,8 @@ def draw_frame_numbers(
 class NumProTransform:
     """A dataset ``frame_transform(frames, times, indices) -> frames`` that numbers the frames.
 
+    ``times`` and ``indices`` may be omitted (``transform(frames)``) when numbering by sample.
+
     number_by: "sample" numbers the sampled frames 0, 1, 2, … (NumPro); "index" uses the source
                video's frame indices; "second" the rounded timestamps.
     """
@@ -113,11 +118,15 @@ class NumProTransform:
         self.number_by = number_by
         self.prompt = NUMPRO_PROMPT
 
-    def __call__(self, frames: Tensor, times: Tensor, indices: Tensor | Sequence[int]) -> Tensor:
+    def __call__(
+        self, frames: Tensor, times: Tensor | None = None, indices: Tensor | Sequence[int] | None = None
+    ) -> Tensor:
         if self.number_by == "sample":
             numbers = list(range(frames.shape[0]))
-        elif self.number_by == "index":
-            numbers = [int(i) for i in indices]
         else:
-            numbers = [round(float(t)) for t in times]
+            source = indices if self.number_by == "index" else times
+            if source is None:
+                what = "indices" if self.number_by == "index" else "times"
+                raise ValueError(f"NumProTransform(number_by={self.number_by!r}) needs the frames' {what}")
+            numbers = [int(i) for i in source] if self.number_by == "index" else [round(float(t)) for t in source]
         return draw_frame_numbers(frames, numbers, self.position, self.color, self.font_fraction)

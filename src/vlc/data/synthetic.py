@@ -194,10 +194,11 @@ def make_video_frames(
         if num_frames < 2 * needle_frames + 1:
             raise ValueError(f"order task needs num_frames >= 2*needle_frames+1 = {2 * needle_frames + 1}, got {num_frames}")
         first, second = (str(c) for c in rng.choice(COLORS, size=2, replace=False))
-        # Two clips of needle_frames with at least one haystack frame between them: draw the
-        # gap-free layout first, then shift the second clip, so every layout is equally likely.
-        a, b = sorted(int(i) for i in rng.choice(num_frames - 2 * needle_frames, size=2, replace=False))
-        starts = [a, b + needle_frames + 1]
+        # Two clips of needle_frames with at least one haystack frame between them. Pairs a < b
+        # in [0, T - 2L] map one-to-one onto such layouts (second start = b + L), so every
+        # layout is equally likely.
+        a, b = sorted(int(i) for i in rng.choice(num_frames - 2 * needle_frames + 1, size=2, replace=False))
+        starts = [a, b + needle_frames]
         frames = make_haystack(num_frames, size, rng)
         wheres = []
         for start, color in zip(starts, (first, second)):

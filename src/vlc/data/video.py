@@ -137,7 +137,7 @@ def _diagnose(path: str, error: Exception) -> str:
                 return "no video stream in the file"
     except Exception as probe_error:  # noqa: BLE001 - any failure to open means corrupt/unknown
         return f"cannot decode, file corrupt or not a video ({type(probe_error).__name__}: {probe_error})"
-    return f"cannot decode ({type(error).__name__}: {str(error).strip().splitlines()[-1][:300]})"
+    return f"cannot decode, file corrupt ({type(error).__name__}: {str(error).strip().splitlines()[-1][:300]})"
 
 
 def _open_decord(path: str):
@@ -191,19 +191,22 @@ def _info_av(path: str) -> tuple[int, float]:
 
 def _decode_av(path: str, indices: np.ndarray) -> np.ndarray:
     import av
+    from av.video.reformatter import VideoReformatter
 
+    # One reformatter for the whole clip: a fresh colour converter per frame costs more than
+    # decoding the frame itself.
+    to_rgb = VideoReformatter()
     wanted = {int(i): k for k, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     last = int(indices.max())
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             # Frames come out of the decoder in presentation order, so the n-th decoded frame is
             # frame n, the same numbering decord uses.
             for n, frame in enumerate(container.decode(stream)):
                 if n in wanted:
-                    out[wanted[n]] = frame.to_ndarray(format="rgb24")
+                    out[wanted[n]] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
                 if n >= last:
                     break
     except Exception as error:  # noqa: BLE001

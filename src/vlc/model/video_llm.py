@@ -77,7 +77,10 @@ class VideoLLM(L.LightningModule):
         self.encoder = VisionEncoder(**encoder)
         self.llm = build_llm(**llm, vocab_size=len(self.tokenizer))
         self.projector = MLPProjector(self.encoder.dim, self.llm.config.hidden_size, **(projector or {}))
-        self.compressor = build_compressor(compressor, self.encoder.dim)
+        self.compressor = build_compressor(
+            compressor, self.encoder.dim,
+            pixel_std=tuple(self.encoder.std.flatten().tolist()), question_dim=self.llm.config.hidden_size,
+        )
         if hasattr(self.compressor, "attach"):
             self.compressor.attach(self.llm, self.tokenizer)
         self.prompt = PromptBuilder(self.tokenizer, **(prompt or {}))
@@ -102,6 +105,18 @@ class VideoLLM(L.LightningModule):
         sink = self.embed(ids)[None].expand(batch_size, -1, -1)  # (B, S, D)
         return sink, torch.ones(sink.shape[:2], dtype=torch.long, device=self.device)
 
+    def question_embeds(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """The question as the LLM embeds it (B, Lq, D) + mask, for compressors that read the question."""
+        q = self.prompt.question_batch(batch["questions"], batch["candidates"])
+        return self.embed(q.ids), q.mask.to(self.device)
+
+    def _compress(self, ft, norm_pixels: Tensor, batch: dict):
+        # Only question-aware compressors (uses_question = True) see the question; by default the
+        # context is built from the video alone, as in Video-XL.
+        if getattr(self.compressor, "uses_question", False):
+            return self.compressor(ft, norm_pixels, question=self.question_embeds(batch))
+        return self.compressor(ft, norm_pixels)
+
     def _visual_stream(self, batch: dict, frames_per_chunk: int, watch: Stopwatch) -> Iterator[tuple[Tensor, Tensor]]:
         """Encode, compress and project frames a chunk at a time: only one chunk's activations live."""
         pixels, frame_mask, times = batch["pixels"], batch["frame_mask"], batch["times"]
@@ -109,7 +124,7 @@ class VideoLLM(L.LightningModule):
             sl = slice(t0, t0 + frames_per_chunk)
             with watch.span("encoder"):
                 ft, norm = self.encoder(pixels[:, sl], frame_mask[:, sl], times[:, sl])
-                ft = self.compressor(ft, norm)
+                ft = self._compress(ft, norm, batch)
             self._visual_count = self._visual_count + ft.num_tokens()
             yield self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
 
@@ -127,7 +142,7 @@ class VideoLLM(L.LightningModule):
             return ctx
         with watch.span("encoder"):
             ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
-            ft = self.compressor(ft, norm)
+            ft = self._compress(ft, norm, batch)
         vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
         if hasattr(self.compressor, "prefill"):
             ctx = self.compressor.prefill(self.llm, sink, sink_mask, [(vis, vis_mask)])

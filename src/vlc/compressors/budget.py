@@ -1,0 +1,115 @@
+"""`compressor=budget`: TimeMarker's AnyLength token budget (Chen et al., 2024).
+
+TimeMarker feeds videos of any length into a fixed LLM context by trading tokens per frame for
+frames: a short video keeps fine frames, a long one is pooled harder. Here, per video, with T its
+real frame count and (h, w) the patch grid, the pooling factor is the smallest s in
+1, 2, …, ``max_stride`` with
+
+    T · ceil(h / s) · ceil(w / s) ≤ max_tokens
+
+(s × s average pooling, edge cells averaging the patches they have, as ``compressor=pool`` does).
+If even ``max_stride`` does not fit, the video also loses frames: it keeps
+n = max_tokens // (tokens per frame at max_stride) frames, spread uniformly (segment midpoints,
+as vlc's frame sampler picks them), which is TimeMarker's other lever, a lower frame rate for long
+videos. The count uses the whole grid cell, so pruned tokens (after diffp) only make it safer.
+
+Different videos of a batch may get different factors: tokens per frame are padded to the
+largest N' of the batch (padding masked), frames to the largest T'. ``grid`` is the common
+pooled grid when every sample has the same, else None. The chosen factors are kept in
+``last_strides`` (one int per sample of the last batch) for logging.
+
+TimeMarker publishes no code; the rule above is its paper's idea (adapt the frame rate and the
+per-frame compression to the video's length), the budget a user setting. Parameter-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlc.tokens import FrameTokens
+
+
+class TokenBudget(nn.Module):
+    """Pool each video's frames just enough to fit ``max_tokens`` visual tokens.
+
+    max_tokens: visual tokens per video the LLM may receive.
+    max_stride: the largest pooling factor; None = pool down to one token per frame.
+    """
+
+    def __init__(self, max_tokens: int = 6144, max_stride: int | None = None) -> None:
+        super().__init__()
+        if max_tokens < 1:
+            raise ValueError(f"compressor.max_tokens must be ≥ 1, got {max_tokens}")
+        if max_stride is not None and max_stride < 1:
+            raise ValueError(f"compressor.max_stride must be ≥ 1 or null, got {max_stride}")
+        self.max_tokens, self.max_stride = max_tokens, max_stride
+        self.last_strides: list[int] = []
+
+    def plan(self, frames: int, grid: tuple[int, int]) -> tuple[int, int]:
+        """(pooling factor, frames kept) for a video of ``frames`` real frames on ``grid``."""
+        h, w = grid
+        largest = min(self.max_stride or max(h, w), max(h, w))  # past max(h, w) nothing changes
+        for s in range(1, largest + 1):
+            if frames * math.ceil(h / s) * math.ceil(w / s) <= self.max_tokens:
+                return s, frames
+        per_frame = math.ceil(h / largest) * math.ceil(w / largest)
+        keep = self.max_tokens // per_frame
+        if keep < 1:
+            raise ValueError(
+                f"compressor.max_tokens={self.max_tokens} is below one frame at max_stride={largest} "
+                f"({per_frame} tokens on the {h}x{w} grid); raise max_tokens or max_stride"
+            )
+        return largest, keep
+
+    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+        if x.grid is None:
+            raise ValueError("budget needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
+        B, T, N, D = x.tokens.shape
+        h, w = x.grid
+        real = x.frame_mask  # (B, T)
+        outs = []  # per sample: tokens (T_b, N_b, D), mask (T_b, N_b), times (T_b,), grid
+        self.last_strides = []
+        for b in range(B):
+            frames = real[b].nonzero().squeeze(1)  # (T_real,) indices of real frames
+            s, keep = self.plan(len(frames), (h, w))
+            if keep < len(frames):
+                # Segment midpoints: frame i·T/keep + T/(2·keep), the same spread the sampler uses.
+                pick = ((torch.arange(keep, device=frames.device) + 0.5) * len(frames) / keep).long()
+                frames = frames[pick]
+            self.last_strides.append(s)
+            outs.append((*pool(x.tokens[b, frames], x.token_mask[b, frames], (h, w), s), x.times[b, frames]))
+
+        filled = [o for o in outs if o[0].shape[0] > 0] or outs  # a sample without frames sets no N'
+        T2 = max(1, max(o[0].shape[0] for o in outs))
+        N2 = max(o[0].shape[1] for o in filled)
+        tokens = x.tokens.new_zeros(B, T2, N2, D)
+        token_mask = torch.zeros(B, T2, N2, dtype=torch.bool, device=x.tokens.device)
+        times = x.times.new_zeros(B, T2)
+        for b, (tok, msk, grid, tim) in enumerate(outs):
+            t, n = tok.shape[:2]
+            if t == 0:
+                continue
+            tokens[b, :t, :n], token_mask[b, :t, :n], times[b, :t] = tok, msk, tim
+            times[b, t:] = tim[-1]  # padded frames keep the last time (masked anyway)
+        grids = {o[2] for o in filled}
+        return FrameTokens(tokens, token_mask, times, grids.pop() if len(grids) == 1 else None)
+
+
+def pool(tokens: Tensor, mask: Tensor, grid: tuple[int, int], s: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """s × s average pooling of one video's frames. tokens (T, N, D), mask (T, N) → (T, N', D), (T, N'), grid'."""
+    T, N, D = tokens.shape
+    h, w = grid
+    if s == 1:
+        return tokens, mask, grid
+    kernel = (min(s, h), min(s, w))  # a kernel wider than the grid is one cell on that side
+    cells = tokens.reshape(T, h, w, D).permute(0, 3, 1, 2)  # (T, D, h, w)
+    # ceil_mode: edge cells average only the patches they cover, as compressor=pool does.
+    pooled = F.avg_pool2d(cells, kernel, ceil_mode=True)  # (T, D, h', w')
+    h2, w2 = pooled.shape[-2:]
+    # A pooled cell is real when any patch under it was.
+    real = F.max_pool2d(mask.reshape(T, 1, h, w).float(), kernel, ceil_mode=True) > 0  # (T, 1, h', w')
+    return pooled.flatten(2).transpose(1, 2), real.reshape(T, h2 * w2), (h2, w2)
