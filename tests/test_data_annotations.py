@@ -82,7 +82,8 @@ def test_read_mc(tmp_path, suffix):
 
 def test_read_llava(tmp_path):
     first, second = read_llava_json(write_json(tmp_path / "llava.json", LLAVA_ITEMS), video_root=tmp_path / "vids")
-    assert (first.id, first.question, first.answer, first.candidates) == ("v1", "Describe the video.", "A red square flashes.", None)
+    assert (first.id, first.question, first.answer) == ("v1", "Describe the video.", "A red square flashes.")
+    assert first.candidates is None
     assert first.video == str(tmp_path / "vids" / "v1.mp4") and first.meta == {}
     assert (second.question, second.answer, second.video) == ("What colour is it?", "Blue.", "/abs/v2.mp4")
     assert second.meta["data_source"] == "academic" and len(second.meta["conversations"]) == 4
@@ -142,7 +143,8 @@ def test_file_level_errors(tmp_path):
 
 
 def llava_with(**changes):
-    item = {"id": "a", "video": "a.mp4", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    turns = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+    item = {"id": "a", "video": "a.mp4", "conversations": turns}
     item.update(changes)
     return {k: v for k, v in item.items() if v is not ...}
 

@@ -116,7 +116,8 @@ def test_skip_policy_counts_logs_and_gives_up(with_broken, caplog):
 
 
 def test_synthetic_datamodule_loaders(data_root):
-    dm = VideoDataModule(source="synthetic", root=str(data_root), synthetic=SYNTHETIC, num_frames=4, batch_size=4, seed=3)
+    loader_args = dict(source="synthetic", root=str(data_root), synthetic=SYNTHETIC, num_frames=4, batch_size=4, seed=3)
+    dm = VideoDataModule(**loader_args)
     dm.prepare_data()
     dm.setup("fit")
     assert (len(dm.datasets["train"]), len(dm.datasets["val"])) == (8, 4) and not dm.has_test
@@ -130,7 +131,7 @@ def test_synthetic_datamodule_loaders(data_root):
     train_ids = order(dm.train_dataloader())
     assert sorted(train_ids) == [f"needle-train-{i:06d}" for i in range(8)]
     assert train_ids != sorted(train_ids)  # shuffled …
-    same_seed = VideoDataModule(source="synthetic", root=str(data_root), synthetic=SYNTHETIC, num_frames=4, batch_size=4, seed=3)
+    same_seed = VideoDataModule(**loader_args)
     same_seed.setup("fit")
     assert order(same_seed.train_dataloader()) == train_ids  # … reproducibly
     assert order(dm.val_dataloader()) == [f"needle-val-{i:06d}" for i in range(4)]  # ordered

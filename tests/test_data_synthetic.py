@@ -217,3 +217,7 @@ def test_needle_grid(tmp_path):
     assert all(len(colours) == 2 for colours in by_cell.values())
     assert video_info(samples[-1].video) == (12, 2.0)
     assert ensure_needle_grid(tmp_path, [6, 12], [0.0, 0.5, 0.99], 2, 16, 2.0) == path
+    # A cell's samples do not depend on the rest of the grid.
+    alone = read_mc_json(ensure_needle_grid(tmp_path / "alone", [12], [0.5], 2, 16, 2.0))
+    in_grid = [s for s in samples if (s.meta["length"], s.meta["depth"]) == (12, 0.5)]
+    assert [(s.answer, s.candidates, s.meta) for s in alone] == [(s.answer, s.candidates, s.meta) for s in in_grid]

@@ -31,7 +31,14 @@ class Sample:
 class AnnotationError(ValueError):
     """A malformed annotation file or item."""
 
-    def __init__(self, path: str | os.PathLike, message: str, index: int | None = None, line: int | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        message: str,
+        index: int | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
         where = str(path)
         if index is not None:
             where += f", item {index}"
@@ -73,10 +80,12 @@ def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None =
             raise AnnotationError(path, f"{len(candidates)} candidates, expected at least 2", index, line, "candidates")
         for k, option in enumerate(candidates):
             if not isinstance(option, str):
-                raise AnnotationError(path, f"candidate {k} is {type(option).__name__} {option!r}, expected str", index, line, "candidates")
+                message = f"candidate {k} is {type(option).__name__} {option!r}, expected str"
+                raise AnnotationError(path, message, index, line, "candidates")
         answer = _get(item, "answer", str, **where)
         if answer not in candidates:
-            raise AnnotationError(path, f"answer {answer!r} is not one of the candidates {candidates}", index, line, "answer")
+            message = f"answer {answer!r} is not one of the candidates {candidates}"
+            raise AnnotationError(path, message, index, line, "answer")
         _append_unique(
             samples,
             first_use,
@@ -114,18 +123,19 @@ def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | Non
         video = _get(item, "video", str, **where)
         turns = _get(item, "conversations", list, **where)
         if not turns:
-            raise AnnotationError(path, "empty conversation, expected a human turn and a gpt turn", index, line, "conversations")
+            message = "empty conversation, expected a human turn and a gpt turn"
+            raise AnnotationError(path, message, index, line, "conversations")
         for k, turn in enumerate(turns):
-            if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
-                raise AnnotationError(
-                    path, f"turn {k} is {turn!r}, expected {{'from': str, 'value': str}}", index, line, "conversations"
-                )
+            if not (isinstance(turn, dict) and all(isinstance(turn.get(f), str) for f in ("from", "value"))):
+                message = f"turn {k} is {turn!r}, expected {{'from': str, 'value': str}}"
+                raise AnnotationError(path, message, index, line, "conversations")
         pair = next(
             (k for k in range(len(turns) - 1) if turns[k]["from"] == "human" and turns[k + 1]["from"] == "gpt"), None
         )
         if pair is None:
             roles = [t["from"] for t in turns]
-            raise AnnotationError(path, f"no human turn followed by a gpt turn (roles: {roles})", index, line, "conversations")
+            message = f"no human turn followed by a gpt turn (roles: {roles})"
+            raise AnnotationError(path, message, index, line, "conversations")
         question = _PLACEHOLDER.sub(" ", turns[pair]["value"]).strip()
         meta = _meta(item, _LLAVA_KEYS, **where)
         if len(turns) > pair + 2:
@@ -166,9 +176,8 @@ def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise AnnotationError(
-                path, f"invalid JSON ({error.msg}, column {error.colno}); use .jsonl for one object per line", line=error.lineno
-            ) from error
+            message = f"invalid JSON ({error.msg}, column {error.colno}); use .jsonl for one object per line"
+            raise AnnotationError(path, message, line=error.lineno) from error
         if not isinstance(data, list):
             raise AnnotationError(path, f"top level is {type(data).__name__}, expected a list of objects")
         items = [(i, None, item) for i, item in enumerate(data)]
@@ -185,7 +194,8 @@ def _get(item: dict, key: str, kind: type, path: Path, index: int, line: int | N
         return None
     value = item[key]
     if not isinstance(value, kind):
-        raise AnnotationError(path, f"value {value!r} is {type(value).__name__}, expected {kind.__name__}", index, line, key)
+        message = f"value {value!r} is {type(value).__name__}, expected {kind.__name__}"
+        raise AnnotationError(path, message, index, line, key)
     return value
 
 
@@ -195,7 +205,8 @@ def _id(item: dict, default: str | None, path: Path, index: int, line: int | Non
     value = item["id"]
     # Integer ids are common (LLaVA data mixes both); bools are never meant as ids.
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise AnnotationError(path, f"value {value!r} is not a usable id, expected a non-empty str or an int", index, line, "id")
+        message = f"value {value!r} is not a usable id, expected a non-empty str or an int"
+        raise AnnotationError(path, message, index, line, "id")
     return str(value)
 
 
@@ -230,6 +241,7 @@ def _append_unique(
 ) -> None:
     # Ids key predictions and metrics, so a repeated id would silently merge two samples' results.
     if sample.id in first_use:
-        raise AnnotationError(path, f"duplicate id {sample.id!r}, first used by item {first_use[sample.id]}", index, line, "id")
+        message = f"duplicate id {sample.id!r}, first used by item {first_use[sample.id]}"
+        raise AnnotationError(path, message, index, line, "id")
     first_use[sample.id] = index
     samples.append(sample)

@@ -50,7 +50,9 @@ class VideoQADataset(Dataset):
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if (num_frames is None) == (fps is None):
-            raise ValueError(f"VideoQADataset: give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}")
+            raise ValueError(
+                f"VideoQADataset: give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}"
+            )
         if on_error not in ("raise", "skip"):
             raise ValueError(f"VideoQADataset: on_error={on_error!r}, expected 'raise' or 'skip'")
         if not 0.0 <= max_skip_fraction <= 1.0:
@@ -89,7 +91,8 @@ class VideoQADataset(Dataset):
             first = self.samples[missing[0]].video
             raise VideoReadError(first, f"missing file ({len(missing)} of {len(self.samples)} videos missing)")
         for k in missing:  # skip policy: known up front, so never decoded, and the limit applies now
-            self._record_failure(k, VideoReadError(self.samples[k].video, "missing file (no such path)"), count_skip=False)
+            error = VideoReadError(self.samples[k].video, "missing file (no such path)")
+            self._record_failure(k, error, count_skip=False)
         return [self.samples[k].video for k in missing]
 
     def _record_failure(self, index: int, error: VideoReadError, count_skip: bool = True) -> None:

@@ -55,6 +55,11 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 COLORS = tuple(PALETTE)
 SHAPES = ("square", "circle")
 TASKS = ("needle", "order", "count")
+TASK_PARAMS = {
+    "needle": {"needle_frames", "depth", "color"},
+    "order": {"needle_frames"},
+    "count": {"needle_frames", "count"},
+}
 
 QUESTIONS = {
     "needle": "What color is the shape that appears briefly in the video?",
@@ -176,10 +181,10 @@ def make_video_frames(
     """
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {TASKS}")
-    allowed = {"needle": {"needle_frames", "depth", "color"}, "order": {"needle_frames"}, "count": {"needle_frames", "count"}}
-    unknown = set(task_params) - allowed[task]
+    allowed = TASK_PARAMS[task]
+    unknown = set(task_params) - allowed
     if unknown:
-        raise TypeError(f"synthetic task {task!r} got unknown parameters {sorted(unknown)}; allowed: {sorted(allowed[task])}")
+        raise TypeError(f"synthetic task {task!r} got unknown parameters {sorted(unknown)}; allowed: {sorted(allowed)}")
     needle_frames = int(task_params.get("needle_frames", 1))
 
     if task == "needle":
@@ -192,7 +197,8 @@ def make_video_frames(
 
     if task == "order":
         if num_frames < 2 * needle_frames + 1:
-            raise ValueError(f"order task needs num_frames >= 2*needle_frames+1 = {2 * needle_frames + 1}, got {num_frames}")
+            need = 2 * needle_frames + 1
+            raise ValueError(f"order task needs num_frames >= 2*needle_frames+1 = {need}, got {num_frames}")
         first, second = (str(c) for c in rng.choice(COLORS, size=2, replace=False))
         # Two clips of needle_frames with at least one haystack frame between them. Pairs a < b
         # in [0, T - 2L] map one-to-one onto such layouts (second start = b + L), so every
@@ -231,7 +237,14 @@ def make_video_frames(
     frames = make_haystack(num_frames, size, rng)
     shape = str(rng.choice(SHAPES))
     boxes = [draw_shape(frames[i], "red", rng, shape)["box"] for i in indices]
-    meta = {"length": num_frames, "count": count, "color": "red", "shape": shape, "boxes": boxes, "event_indices": indices}
+    meta = {
+        "length": num_frames,
+        "count": count,
+        "color": "red",
+        "shape": shape,
+        "boxes": boxes,
+        "event_indices": indices,
+    }
     return frames, QUESTIONS["count"], list(COUNT_CHOICES), str(count), meta
 
 
@@ -377,11 +390,14 @@ def ensure_needle_grid(
         samples = []
         cells = [(n, d) for n in lengths for d in depths]
         bar = tqdm(total=len(cells) * num_per_cell, desc="needle grid", unit="video")
-        for li, length in enumerate(lengths):
+        for length in lengths:
             for di, depth in enumerate(depths):
-                offset = int(sample_rng(seed, "grid-colors", li, di).integers(len(COLORS)))
+                # Seeded by the cell's own values, so a cell's videos stay the same when other
+                # lengths or depths are added to the grid.
+                cell = (length, round(depth * 1_000_000))
+                offset = int(sample_rng(seed, "grid-colors", *cell).integers(len(COLORS)))
                 for j in range(num_per_cell):
-                    rng = sample_rng(seed, "grid", li, di, j)
+                    rng = sample_rng(seed, "grid", *cell, j)
                     color = COLORS[(offset + j) % len(COLORS)]
                     frames, question, candidates, answer, meta = make_video_frames(
                         "needle", rng, length, size, depth=depth, color=color, needle_frames=needle_frames
@@ -408,7 +424,9 @@ def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, see
     if not float(fps) > 0:
         raise ValueError(f"synthetic fps={fps}, expected > 0")
     if int(num_frames) < 1 or int(num_train) < 0 or int(num_val) < 0:
-        raise ValueError(f"synthetic num_frames={num_frames}, num_train={num_train}, num_val={num_val}: need >= 1, >= 0, >= 0")
+        raise ValueError(
+            f"synthetic num_frames={num_frames}, num_train={num_train}, num_val={num_val}: need >= 1, >= 0, >= 0"
+        )
     return {
         "task": task,
         "num_frames": int(num_frames),
@@ -427,7 +445,7 @@ def _params_hash(params: dict[str, Any]) -> str:
 
 
 def _mc_item(id_, video, question, candidates, answer, task, meta) -> dict[str, Any]:
-    return {"id": id_, "video": video, "question": question, "candidates": candidates, "answer": answer, "task": task, "meta": meta}
+    return dict(id=id_, video=video, question=question, candidates=candidates, answer=answer, task=task, meta=meta)
 
 
 def _write_json(path: Path, items: list[dict[str, Any]]) -> None:
