@@ -1,5 +1,5 @@
 """Q-Former modes (Video-LLaMA global, TimeChat sliding, VTG-LLM slots): counts, times, masking,
-gradients and the frame-order ablation."""
+gradients and the frame-order ablation; the question-aware option (InstructBLIP / VideoChat2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from omegaconf import OmegaConf
 
 from vlc.compressors import build_compressor
 from vlc.compressors.qformer import QFormer
+from vlc.run import build_model
 from vlc.tokens import FrameTokens
+
+from conftest import fake_batch
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "compressor"
 DIM = 16
@@ -114,3 +117,88 @@ def test_config_errors():
         QFormer(DIM, mode="perceiver")
     with pytest.raises(ValueError, match="heads"):
         QFormer(DIM, heads=3)
+
+
+# ---- question-aware Q-Former (InstructBLIP / VideoChat2) ----------------------------------------
+QDIM = 12
+
+
+def question(B: int = 1, L: int = 5, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(B, L, QDIM, generator=torch.Generator().manual_seed(seed)), torch.ones(B, L, dtype=torch.long)
+
+
+def build_qa(**override) -> QFormer:
+    cfg = OmegaConf.load(CONFIGS / "qformer_qa.yaml")
+    cfg.update({"question_dim": QDIM, **override})
+    torch.manual_seed(0)
+    return build_compressor(cfg, dim=DIM).eval()
+
+
+@pytest.mark.parametrize("mode", ["global", "sliding"])
+def test_question_aware_output_follows_the_question(mode):
+    qf = build_qa(mode=mode, window=4, stride=4)
+    assert qf.uses_question is True
+    x = frames(1, 8)
+    with torch.no_grad():
+        a, b = qf(x, question=question(seed=1)), qf(x, question=question(seed=2))
+    assert a.tokens.shape == (1, 1 if mode == "global" else 2, 32, DIM)  # only the queries come back
+    assert (a.tokens - b.tokens).abs().max() > 1e-4
+
+
+def test_default_qformer_never_reads_a_question():
+    qf = build()
+    assert qf.uses_question is False and not hasattr(qf, "question_proj")
+    x = frames(1, 8)
+    with torch.no_grad():
+        plain = qf(x)
+        torch.testing.assert_close(qf(x, question=question(seed=1)).tokens, plain.tokens)
+        torch.testing.assert_close(qf(x, question=question(seed=2)).tokens, plain.tokens)
+
+
+def test_question_padding_and_batch_mates_change_nothing():
+    qf = build_qa(mode="sliding", window=4, stride=4, max_frames=8)
+    x = frames(2, 8, real=[8, 5], seed=1)
+    q_short, q_long = question(L=3, seed=3), question(L=6, seed=4)
+    # One batch: sample 0 asks the 3-token question (padded to 6 with junk), sample 1 the 6-token one.
+    embeds = torch.cat([torch.cat([q_short[0], 50 * torch.randn(1, 3, QDIM)], 1), q_long[0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])
+    with torch.no_grad():
+        both = qf(x, question=(embeds, mask))
+        alone0 = qf(FrameTokens(x.tokens[:1], x.token_mask[:1], x.times[:1], None), question=q_short)
+        alone1 = qf(FrameTokens(x.tokens[1:, :5], x.token_mask[1:, :5], x.times[1:, :5], None), question=q_long)
+    torch.testing.assert_close(both.tokens[0], alone0.tokens[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.tokens[1, :2], alone1.tokens[0], atol=1e-5, rtol=1e-5)
+
+
+def test_question_aware_gradients_reach_every_parameter():
+    qf = build_qa(mode="sliding", window=2, stride=2).train()
+    out = qf(frames(1, 4), question=question())
+    (out.tokens * torch.randn_like(out.tokens)).sum().backward()
+    for name, p in qf.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_question_aware_errors_and_lazy_width():
+    with pytest.raises(ValueError, match="question_aware"):
+        QFormer(DIM, mode="slots", question_aware=True)
+    with pytest.raises(ValueError, match="question=None"):
+        build_qa()(frames(1, 4))
+    # The config alone (no model group to read the LLM width from) leaves question_dim null: the
+    # projection takes its width from the first question.
+    lazy = build_compressor(OmegaConf.load(CONFIGS / "qformer_qa.yaml"), dim=DIM)
+    with torch.no_grad():
+        lazy(frames(1, 4), question=question())
+    assert lazy.question_proj.weight.shape == (DIM, QDIM)
+
+
+def test_question_aware_model_end_to_end(cfg_factory):
+    torch.manual_seed(0)
+    m = build_model(cfg_factory(["~data", "compressor=qformer_qa"]))
+    assert m.compressor.uses_question is True
+    assert m.compressor.question_proj.in_features == m.llm.config.hidden_size  # the model passes its LLM width
+    b = fake_batch(B=2, T=6)
+    loss = m(b)
+    loss.backward()
+    assert torch.isfinite(loss) and m.compressor.question_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert m.eval().evaluate_batch(b)["visual_tokens"].tolist() == [32, 32]

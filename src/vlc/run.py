@@ -14,8 +14,9 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vlc.model.prompt import PromptBuilder
 from vlc.model.video_llm import VideoLLM
 
 log = logging.getLogger("vlc")
@@ -121,28 +122,79 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` (or the config at random init when it is null) on ``split``."""
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
+def load_eval_model(cfg: DictConfig) -> VideoLLM:
+    """``ckpt_path``'s model, or the config's at random init when it is null (cost figures only).
+
+    The prompt is the checkpoint's (or PromptBuilder's defaults); non-null keys of the eval config's
+    ``prompt`` replace it, e.g. ``prompt.answer_style=letter`` for MVBench's letter scoring.
+    """
+    prompt = {k: v for k, v in (OmegaConf.to_container(cfg.get("prompt") or {}, resolve=True)).items() if v is not None}
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path: no checkpoint file at {path}")
         model = VideoLLM.load_from_checkpoint(str(path), map_location="cpu")
-    else:
-        log.warning("ckpt_path is null: evaluating a randomly initialised model (cost figures only)")
-        model = build_model(cfg)
-    trainer = build_trainer(cfg)
+        if prompt:
+            model.prompt = PromptBuilder(model.tokenizer, **{**(model.hparams.get("prompt") or {}), **prompt})
+        return model
+    log.warning("ckpt_path is null: evaluating a randomly initialised model (cost figures only)")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.prompt = prompt
+    return build_model(cfg)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``ckpt_path`` (or the config at random init when it is null).
+
+    mode=eval: the data config's ``split`` (val | test): accuracy overall and per task, and cost.
+    mode=niah: the needle-in-a-haystack grid of ``niah`` (see vlc.evaluation.niah).
+    Writes metrics.json and predictions.jsonl (one line per sample, with its cost) into the run dir.
+    """
+    from vlc.evaluation.loop import eval_device, predict, summarize_records
+
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_eval_model(cfg)
+    device = eval_device(cfg.trainer.get("accelerator", "cpu"))
+    precision = str(cfg.trainer.get("precision", "32-true"))
     OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
-    split = cfg.get("split", "val")
-    if split == "val":
-        (stage_metrics,) = trainer.validate(model, datamodule=datamodule, verbose=False)
-    elif split == "test":
-        (stage_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    mode = cfg.get("mode", "eval")
+    extra: dict[str, Any] = {"checkpoint": cfg.ckpt_path, "mode": mode}
+    start = time.perf_counter()
+    if mode == "niah":
+        from vlc.evaluation.niah import plot_heatmap, run_niah, write_csv
+
+        niah = cfg.niah
+        rows, records = run_niah(
+            model, Path(cfg.paths.data_dir) / "synthetic", list(niah.lengths), list(niah.depths), int(niah.per_cell),
+            frame_size=int(niah.frame_size), fps=float(niah.fps), seed=int(niah.seed), batch_size=int(niah.batch_size),
+            backend=cfg.data.get("backend", "decord"), device=device, precision=precision,
+        )
+        write_csv(rows, out_dir / "niah.csv")
+        compressor = summarize(cfg, model, {}, {})["compressor"]
+        plot_heatmap(rows, out_dir / "niah_heatmap.png",
+                     title=f"{compressor}: mean accuracy {sum(r['correct'] for r in records) / len(records):.3f}")
+        stage_metrics = summarize_records(records, prefix="niah")
+        stage_metrics["niah/acc_cell_mean"] = sum(r["accuracy"] for r in rows) / len(rows)
+        stage_metrics["niah/cells"] = len(rows)
+    elif mode == "eval":
+        split = cfg.get("split", "val")
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r}; choose val or test")
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("validate" if split == "val" else "test")
+        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+        records = predict(model, loader, device, precision)
+        stage_metrics = summarize_records(records, prefix=split)
+        extra["split"] = split
     else:
-        raise ValueError(f"split={split!r}; choose val or test")
-    metrics = summarize(cfg, model, stage_metrics, {"checkpoint": cfg.ckpt_path, "split": split})
-    write_outputs(out_dir, metrics, model.predictions)
+        raise ValueError(f"mode={mode!r}; choose eval or niah")
+    extra["eval_seconds"] = round(time.perf_counter() - start, 2)
+    metrics = summarize(cfg, model, stage_metrics, extra)
+    metrics["device"] = str(device)
+    write_outputs(out_dir, metrics, records)
+    log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.endswith("/acc")}))
+    log.info("wrote %s", out_dir / "metrics.json")
     return metrics

@@ -16,10 +16,10 @@ Every frame becomes exactly two tokens:
 Output: T' = T, N' = 2 (context first, as LLaMA-VID concatenates [context, content]), grid None.
 
 The question enters through ``question = (embeds (B, Lq, question_dim), mask (B, Lq))``, its width
-the LLM's (``question_dim``). ``question_dim: null`` builds the question projection lazily on the
-first forward (``nn.LazyLinear``): a checkpoint still loads (the state dict gives the shape), but
-DDP/FSDP need the width up front, and parameter counts are unknown before the first batch. The
-config sets it from the model's LLM config where the tiny model has one.
+the LLM's: the model passes ``question_dim`` (its LLM hidden size) when the config leaves it null.
+Built without one (outside a model), the question projection is an ``nn.LazyLinear`` that takes
+its width from the first question; a checkpoint still loads into it (the state dict gives the
+shape), but DDP/FSDP and parameter counts need it materialised first.
 
 Because the context token depends on the question, the visual context must be rebuilt for every
 question about the same video; see docs/question_awareness.md.
@@ -39,7 +39,8 @@ class LLaMAVIDTokens(nn.Module):
     """Two tokens per frame: a question-conditioned context token and a mean content token.
 
     dim:          width of the incoming features (encoder width); outputs keep it.
-    question_dim: width of the question embeddings (the LLM hidden size); None = infer it lazily.
+    question_dim: width of the question embeddings (the LLM hidden size; the model passes it).
+                  None = take it from the first question (nn.LazyLinear).
     num_queries:  learned queries per frame (LLaMA-VID: 32).
     """
 

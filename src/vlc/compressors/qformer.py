@@ -114,8 +114,8 @@ class QFormer(nn.Module):
                  (first frame → row 0, last → last row) instead of failing.
     question_aware: the question's tokens join the queries' self-attention (InstructBLIP);
                  global and sliding modes only. Sets ``uses_question`` on the instance.
-    question_dim: width of the question embeddings (the LLM hidden size); None = infer it on the
-                 first forward (nn.LazyLinear). Only used when question_aware.
+    question_dim: width of the question embeddings (the LLM hidden size; the model passes it).
+                 None = take it from the first question (nn.LazyLinear). Only used when question_aware.
     """
 
     def __init__(

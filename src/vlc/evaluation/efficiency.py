@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_CPUINFO = Path("/proc/cpuinfo")
 
 
 def _read_status_kb(field: str) -> int:
@@ -41,9 +46,46 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_memory_mb(device: torch.device) -> float:
+    """Memory held now, in the unit ``peak_memory_mb`` reports (CUDA: allocated; CPU: resident set)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    if _STATUS.exists():
+        return _read_status_kb("VmRSS") / 1024
+    return peak_memory_mb(device)
+
+
+def release_memory(device: torch.device) -> None:
+    """Return freed memory before a baseline is read, so one measurement's leftovers (Python garbage,
+    the CUDA caching allocator, glibc's retained heap) do not count as the next one's baseline."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        pass
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a measurement ran on: the CUDA device name, or the CPU model name and core count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "unknown CPU"
+    if _CPUINFO.exists():
+        for line in _CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 class Stopwatch:
@@ -65,3 +107,34 @@ class Stopwatch:
 
     def ms(self, name: str) -> float:
         return 1000.0 * self.seconds.get(name, 0.0)
+
+
+def measure_context(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
+    """Build ``model``'s context for ``batch`` and what it cost, the same way for every compressor.
+
+    Returns ``(Context, cost)``; cost holds per-sample tensors ``visual_tokens`` (entering the LLM),
+    ``kv_tokens`` and ``kv_bytes`` (the cache after prefill, padding excluded), and per-batch floats
+    ``encoder_ms`` / ``prefill_ms`` / ``context_ms`` (per sample: the batch's time / B; encoder
+    includes the pre-LLM compressor, prefill is the rest of the context) and ``peak_mem_mb`` (the
+    peak while building the context, reset just before; on CPU the process high-water mark, so it
+    includes everything resident, see ``base_mem_mb``: what was held just before).
+    """
+    device = model.device
+    B = batch["pixels"].shape[0]
+    watch = Stopwatch(device)
+    base = current_memory_mb(device)
+    reset_peak_memory(device)
+    with watch.span("context"):
+        ctx = model.encode_context(batch, watch)
+    peak = peak_memory_mb(device)
+    cost = dict(
+        visual_tokens=ctx.visual_tokens.float(),
+        kv_tokens=ctx.attention_mask.sum(1).float(),
+        kv_bytes=ctx.kv_bytes().float(),
+        encoder_ms=watch.ms("encoder") / B,
+        prefill_ms=(watch.ms("context") - watch.ms("encoder")) / B,
+        context_ms=watch.ms("context") / B,
+        peak_mem_mb=peak,
+        base_mem_mb=base,
+    )
+    return ctx, cost

@@ -22,7 +22,7 @@ from vlc.backbone.llm import build_llm
 from vlc.backbone.projector import MLPProjector
 from vlc.backbone.tokenizer import load_tokenizer
 from vlc.compressors import build_compressor
-from vlc.evaluation.efficiency import Stopwatch, peak_memory_mb, reset_peak_memory
+from vlc.evaluation.efficiency import Stopwatch, measure_context
 from vlc.model.prefill import (
     answer_loss,
     continue_from,
@@ -200,23 +200,11 @@ class VideoLLM(L.LightningModule):
 
     def evaluate_batch(self, batch: dict) -> dict[str, Any]:
         """Accuracy and cost of one batch, measured the same way for every compressor."""
-        B = len(batch["ids"])
-        watch = Stopwatch(self.device)
-        reset_peak_memory(self.device)
-        with watch.span("context"):
-            ctx = self.encode_context(batch, watch)
-        peak = peak_memory_mb(self.device)
-        kv_bytes = ctx.kv_bytes()
-        kv_tokens = ctx.attention_mask.sum(1)
+        ctx, cost = measure_context(self, batch)  # the accounting shared with vlc-bench
         scores = self.score_candidates(ctx, batch["questions"], batch["candidates"])
         pred = scores.argmax(1)
         target = torch.tensor([c.index(a) for c, a in zip(batch["candidates"], batch["answers"])], device=self.device)
-        return dict(
-            pred=pred, target=target, scores=scores,
-            visual_tokens=ctx.visual_tokens.float(), kv_tokens=kv_tokens.float(), kv_bytes=kv_bytes.float(),
-            encoder_ms=watch.ms("encoder") / B, prefill_ms=(watch.ms("context") - watch.ms("encoder")) / B,
-            context_ms=watch.ms("context") / B, peak_mem_mb=peak,
-        )
+        return dict(pred=pred, target=target, scores=scores, **cost)
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         out = self.evaluate_batch(batch)
