@@ -83,7 +83,8 @@ def test_each_sample_gets_its_own_factor_and_equals_its_own_run():
         want = TokenBudget(max_tokens=64)(alone)
         n = want.tokens.shape[2]
         torch.testing.assert_close(out.tokens[b, :T, :n], want.tokens[0])
-        assert out.token_mask[b, :T, :n].all() and not out.token_mask[b, :, n:].any() and not out.token_mask[b, T:].any()
+        assert out.token_mask[b, :T, :n].all()
+        assert not out.token_mask[b, :, n:].any() and not out.token_mask[b, T:].any()
     same = TokenBudget(max_tokens=64)(video(8, (4, 4), B=2))
     assert same.grid == (2, 2)  # one factor for the whole batch: the grid is kept
 

@@ -88,7 +88,8 @@ def test_config_errors():
 def test_model_end_to_end(cfg_factory):
     torch.manual_seed(0)
     # threshold 1.0 keeps every frame that differs at all; the cap then leaves 2 of 6.
-    m = build_model(cfg_factory(["~data", "compressor=keyframe", "compressor.threshold=1.0", "compressor.max_frames=2"]))
+    overrides = ["~data", "compressor=keyframe", "compressor.threshold=1.0", "compressor.max_frames=2"]
+    m = build_model(cfg_factory(overrides))
     b = fake_batch(B=2, T=6)
     loss = m(b)
     loss.backward()

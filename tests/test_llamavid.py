@@ -54,7 +54,8 @@ def test_context_follows_the_question_and_ignores_its_padding():
         assert (a.tokens[:, :, 0] - b.tokens[:, :, 0]).abs().max() > 1e-4  # the context token moves
         torch.testing.assert_close(a.tokens[:, :, 1], b.tokens[:, :, 1])  # the content token does not
         # Padded question tokens (mask 0) change nothing.
-        padded = (torch.cat([q1[0], 100 * torch.randn(2, 3, QDIM)], 1), torch.cat([q1[1], torch.zeros(2, 3, dtype=torch.long)], 1))
+        junk = 100 * torch.randn(2, 3, QDIM)
+        padded = (torch.cat([q1[0], junk], 1), torch.cat([q1[1], torch.zeros(2, 3, dtype=torch.long)], 1))
         torch.testing.assert_close(lv(x, question=padded).tokens, a.tokens)
 
 

@@ -42,9 +42,53 @@ def _instantiate_dict(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    return hydra.utils.instantiate(
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
+
+    With ``global_batch_size`` set, gradient accumulation is derived from it: samples per optimizer
+    step = data.batch_size × world size × accumulate_grad_batches, whatever the device count."""
+    trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=_instantiate_dict(cfg.get("logger")) or False
     )
+    if cfg.get("global_batch_size"):
+        trainer.accumulate_grad_batches = accumulation_steps(
+            int(cfg.global_batch_size), int(cfg.data.batch_size), trainer.world_size,
+            configured=int(cfg.trainer.get("accumulate_grad_batches") or 1),
+        )
+    return trainer
+
+
+def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int, configured: int = 1) -> int:
+    """global_batch_size / (batch_size × world_size); an error names the keys when it does not divide."""
+    per_step = batch_size * world_size
+    if global_batch_size < per_step or global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not a multiple of data.batch_size ({batch_size}) x "
+            f"world size ({world_size}) = {per_step}; choose a multiple of {per_step} or change data.batch_size"
+        )
+    steps = global_batch_size // per_step
+    if configured not in (1, steps):
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={configured} contradicts global_batch_size={global_batch_size} "
+            f"(which gives {steps}); set only one of them"
+        )
+    return steps
+
+
+def init_weights(model: VideoLLM, path: str) -> None:
+    """Copy the weights of a checkpoint into ``model`` (tensors of matching name and shape), as a new
+    stage starts from the last one: parameters the checkpoint lacks (e.g. vst's beacons after a
+    stage without them) keep their fresh initialisation. Nothing else of the old run is restored."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint file at {file}")
+    state = torch.load(file, map_location="cpu", weights_only=False)["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if mismatched:
+        raise ValueError(f"init_from={path}: shapes differ for {mismatched[:5]} (a different model config?)")
+    model.load_state_dict(matched, strict=False)
+    log.info("init_from %s: %d tensors loaded, %d kept from initialisation", file, len(matched), len(own) - len(matched))
 
 
 def _scalar(value: Any) -> Any:
@@ -88,18 +132,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_model(cfg)
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from)
     trainer = build_trainer(cfg)
     OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
 
     extra: dict[str, Any] = {}
     best = None
     if cfg.get("train", True):
-        ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path == "last":
-            last = out_dir / "checkpoints" / "last.ckpt"
-            ckpt_path = str(last) if last.exists() else None
+        # ckpt_path=last is Lightning's own: the newest last*.ckpt of the ModelCheckpoint directory
+        # (${paths.output_dir}/checkpoints), so resume with hydra.run.dir=<the run directory>; a run
+        # with no last checkpoint yet starts from scratch (docs/scaling.md).
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         extra["train_seconds"] = round(time.perf_counter() - start, 2)
         extra["train_steps"] = int(trainer.global_step)
         loss = trainer.callback_metrics.get("train/loss")
@@ -172,9 +217,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             backend=cfg.data.get("backend", "decord"), device=device, precision=precision,
         )
         write_csv(rows, out_dir / "niah.csv")
-        compressor = summarize(cfg, model, {}, {})["compressor"]
         plot_heatmap(rows, out_dir / "niah_heatmap.png",
-                     title=f"{compressor}: mean accuracy {sum(r['correct'] for r in records) / len(records):.3f}")
+                     title=f"{type(model.compressor).__name__}: mean accuracy {sum(r['correct'] for r in records) / len(records):.3f}")
         stage_metrics = summarize_records(records, prefix="niah")
         stage_metrics["niah/acc_cell_mean"] = sum(r["accuracy"] for r in rows) / len(rows)
         stage_metrics["niah/cells"] = len(rows)
@@ -193,7 +237,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"mode={mode!r}; choose eval or niah")
     extra["eval_seconds"] = round(time.perf_counter() - start, 2)
     metrics = summarize(cfg, model, stage_metrics, extra)
-    metrics["device"] = str(device)
+    # The model's own compressor: a checkpoint's, not the eval config's default.
+    metrics.update(compressor=type(model.compressor).__name__, device=str(device))
     write_outputs(out_dir, metrics, records)
     log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.endswith("/acc")}))
     log.info("wrote %s", out_dir / "metrics.json")

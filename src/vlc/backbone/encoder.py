@@ -16,12 +16,15 @@ from vlc.tokens import FrameTokens
 class VisionEncoder(nn.Module):
     """Turns frames into ``FrameTokens``.
 
-    name:            a timm model name, e.g. ``vit_large_patch14_clip_336.openai`` (CLIP ViT-L/14-336).
+    name:            a timm model name, e.g. ``vit_large_patch14_clip_336.openai`` (CLIP ViT-L/14-336), or
+                     ``local-dir:/path/to/folder`` for a folder timm saved (``config.json`` + weights).
     pretrained:      load weights: from the hub when ``checkpoint_path`` is None, else from that file.
     checkpoint_path: a local ``.safetensors``/``.pth`` weight file for ``name`` (no download).
     layer:           which block's output to use; -2 is the penultimate one, as LLaVA and Video-XL use.
     img_size:        frames are resized to this square size before encoding (None: the model's own).
     pool_stride:     2D average pool of the patch grid after the layer (Video-XL: 2 → 576 to 144 tokens).
+                     A stride that does not divide the grid keeps the partial last row/column, averaged
+                     over the patches it has (SigLIP-384: 27x27 → 14x14 = 196 tokens).
     frames_per_pass: encode at most this many frames per forward, to bound activation memory.
     model_kwargs:    extra ``timm.create_model`` arguments (the tiny default sets its geometry here).
     """
@@ -70,10 +73,14 @@ class VisionEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
         gh, gw = self.model.patch_embed.grid_size
-        if gh % pool_stride or gw % pool_stride:
-            raise ValueError(f"encoder.pool_stride={pool_stride} does not divide the patch grid {gh}x{gw}")
-        self.grid = (gh // pool_stride, gw // pool_stride)
+        if pool_stride < 1:
+            raise ValueError(f"encoder.pool_stride={pool_stride}; use 1 (no pooling) or more")
+        self.grid = (-(-gh // pool_stride), -(-gw // pool_stride))  # ceil: no patch is dropped
         self.dim = int(self.model.embed_dim)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each ViT block in the backward pass instead of keeping its activations (timm's own switch)."""
+        self.model.set_grad_checkpointing(enable)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -96,7 +103,7 @@ class VisionEncoder(nn.Module):
                 chunk, indices=[self.layer], norm=False, output_fmt="NCHW", intermediates_only=True
             )  # (f, Dv, gh, gw), prefix (CLS) tokens already dropped
             if self.pool_stride > 1:
-                feat = F.avg_pool2d(feat, self.pool_stride)
+                feat = F.avg_pool2d(feat, self.pool_stride, ceil_mode=True)
             outs.append(feat.flatten(2).transpose(1, 2))  # (f, h*w, Dv)
         return torch.cat(outs)
 

@@ -29,7 +29,8 @@ def build_llm(
     vocab_size: int | None = None,
 ) -> PreTrainedModel:
     """Load ``name_or_path`` with ``from_pretrained``, or build ``config`` (a dict with ``model_type``)
-    with random weights. ``vocab_size`` grows the embeddings to fit the tokenizer."""
+    with random weights. ``vocab_size`` grows the embeddings to fit the tokenizer (never shrinks them:
+    Qwen2-7B's 152064 rows stay 152064 whatever tokenizer runs on top, so its geometry is the real one)."""
     if dtype not in DTYPES:
         raise ValueError(f"llm.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
     attn = resolve_attn_implementation(attn_implementation)
@@ -45,7 +46,7 @@ def build_llm(
         if "model_type" not in config:
             raise ValueError("llm.config needs a model_type (e.g. qwen2, llama, mistral)")
         if vocab_size is not None:
-            config["vocab_size"] = vocab_size
+            config["vocab_size"] = max(vocab_size, int(config.get("vocab_size") or 0))
         hf_config = AutoConfig.for_model(**config)
         model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[dtype], attn_implementation=attn)
     else:
@@ -53,3 +54,17 @@ def build_llm(
     if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+def enable_activation_checkpointing(llm: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant ``torch.utils.checkpoint``).
+
+    Transformers marks every decoder layer with ``gradient_checkpointing = True``; vst's explicit layer
+    loop reads the same flag. Newer transformers call it ``activation_checkpointing_enable``."""
+    if not llm.supports_gradient_checkpointing:
+        raise ValueError(f"model.gradient_checkpointing: {type(llm).__name__} does not support it; set it to false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

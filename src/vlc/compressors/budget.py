@@ -11,7 +11,8 @@ real frame count and (h, w) the patch grid, the pooling factor is the smallest s
 If even ``max_stride`` does not fit, the video also loses frames: it keeps
 n = max_tokens // (tokens per frame at max_stride) frames, spread uniformly (segment midpoints,
 as vlc's frame sampler picks them), which is TimeMarker's other lever, a lower frame rate for long
-videos. The count uses the whole grid cell, so pruned tokens (after diffp) only make it safer.
+videos. The count uses the whole grid cell, so pruned tokens (after diffp) only make it safer;
+time markers (``prompt.time_markers``, TimeMarker's separators) are text and not counted.
 
 Different videos of a batch may get different factors: tokens per frame are padded to the
 largest N' of the batch (padding masked), frames to the largest T'. ``grid`` is the common

@@ -8,6 +8,7 @@ before training starts rather than hours into it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None =
             if not isinstance(option, str):
                 message = f"candidate {k} is {type(option).__name__} {option!r}, expected str"
                 raise AnnotationError(path, message, index, line, "candidates")
+            if option in candidates[:k]:
+                # The answer is scored by its position among the candidates: a repeat makes it ambiguous.
+                message = f"candidate {k} {option!r} repeats candidate {candidates.index(option)}"
+                raise AnnotationError(path, message, index, line, "candidates")
         answer = _get(item, "answer", str, **where)
         if answer not in candidates:
             message = f"answer {answer!r} is not one of the candidates {candidates}"
@@ -137,6 +142,9 @@ def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | Non
             message = f"no human turn followed by a gpt turn (roles: {roles})"
             raise AnnotationError(path, message, index, line, "conversations")
         question = _PLACEHOLDER.sub(" ", turns[pair]["value"]).strip()
+        if not turns[pair + 1]["value"].strip():
+            message = f"turn {pair + 1} (gpt) is empty: the answer to learn or score against is missing"
+            raise AnnotationError(path, message, index, line, "conversations")
         meta = _meta(item, _LLAVA_KEYS, **where)
         if len(turns) > pair + 2:
             meta["conversations"] = turns
@@ -161,8 +169,12 @@ def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | Non
 def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
     """``(index, line or None, item)`` for each object of a JSON list or JSON Lines file."""
     if not path.is_file():
-        raise AnnotationError(path, "annotation file not found")
-    text = path.read_text(encoding="utf-8")
+        raise AnnotationError(path, "annotation file not found" if not path.exists() else "not a file")
+    try:
+        # utf-8-sig: a byte-order mark (some editors on Windows write one) is not an error.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise AnnotationError(path, f"not UTF-8 text (byte {error.start}: {error.reason}); expected JSON") from error
     items: list[tuple[int, int | None, Any]] = []
     if path.suffix == ".jsonl":
         for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -171,16 +183,19 @@ def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
             try:
                 items.append((len(items), lineno, json.loads(raw)))
             except json.JSONDecodeError as error:
-                raise AnnotationError(path, f"invalid JSON ({error.msg})", len(items), lineno) from error
+                raise AnnotationError(path, f"invalid JSON ({error.msg}, column {error.colno})", len(items), lineno) from error
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            message = f"invalid JSON ({error.msg}, column {error.colno}); use .jsonl for one object per line"
+            hint = "; one object per line is JSON Lines: name the file .jsonl" if error.msg == "Extra data" else ""
+            message = f"invalid JSON ({error.msg}, column {error.colno}){hint}"
             raise AnnotationError(path, message, line=error.lineno) from error
         if not isinstance(data, list):
             raise AnnotationError(path, f"top level is {type(data).__name__}, expected a list of objects")
         items = [(i, None, item) for i, item in enumerate(data)]
+    if not items:
+        raise AnnotationError(path, "no items: the file holds an empty list or only blank lines")
     for index, line, item in items:
         if not isinstance(item, dict):
             raise AnnotationError(path, f"item is {type(item).__name__}, expected an object", index, line)
@@ -196,6 +211,8 @@ def _get(item: dict, key: str, kind: type, path: Path, index: int, line: int | N
     if not isinstance(value, kind):
         message = f"value {value!r} is {type(value).__name__}, expected {kind.__name__}"
         raise AnnotationError(path, message, index, line, key)
+    if required and kind is str and not value.strip():
+        raise AnnotationError(path, f"empty string {value!r}, expected text", index, line, key)
     return value
 
 
@@ -214,7 +231,9 @@ def _window(item: dict, path: Path, index: int, line: int | None) -> dict[str, f
     window = {}
     for key in ("start", "end"):
         value = item.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+        ):
             raise AnnotationError(path, f"value {value!r}, expected a number of seconds >= 0 or null", index, line, key)
         window[key] = None if value is None else float(value)
     if window["start"] is not None and window["end"] is not None and window["end"] <= window["start"]:

@@ -13,12 +13,34 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlc.data.annotations import Sample, read_llava_json, read_mc_json
+from vlc.data.sampler import resumable
 from vlc.data.synthetic import ensure_synthetic
-from vlc.data.video import VideoReadError, read_video
+from vlc.data.video import VideoReadError, file_problem, read_video
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "mc_json", "llava_json")
+LISTED = 20  # failures named in one message; the rest are counted
+
+
+class VideoFilesError(VideoReadError):
+    """The pre-flight check found videos that cannot be read; ``problems`` maps each path to its cause."""
+
+    def __init__(self, message: str, problems: dict[str, str] | None = None) -> None:
+        RuntimeError.__init__(self, message)
+        self.problems = dict(problems or {})
+        first = next(iter(self.problems.items()), ("", message))
+        self.path, self.cause = first
+
+
+class SkipLimitError(RuntimeError):
+    """More videos failed to read than ``max_skip_fraction`` allows under ``on_error="skip"``."""
+
+
+def _listing(problems: dict[str, str]) -> str:
+    named = "; ".join(f"{path}: {cause}" for path, cause in list(problems.items())[:LISTED])
+    more = len(problems) - LISTED
+    return named + (f"; … and {more} more" if more > 0 else "")
 
 
 class VideoQADataset(Dataset):
@@ -29,9 +51,11 @@ class VideoQADataset(Dataset):
 
     ``on_error="raise"`` lets the ``VideoReadError`` (which names the file) through.
     ``on_error="skip"`` serves the next readable sample instead, logs a warning naming the file
-    and the cause, and raises once more than ``max_skip_fraction`` of the dataset has failed:
-    a few broken files in a large crawl are normal, a broken dataset is not. With several
-    dataloader workers each worker keeps its own count.
+    and the cause (once per file), and raises ``SkipLimitError`` once more than
+    ``max_skip_fraction`` of the dataset has failed: a few broken files in a large crawl are
+    normal, a broken dataset is not. Every item carries ``"skipped"``: ``(split, id, video, cause)``
+    of each sample it stands in for, so the main process learns of failures in dataloader workers
+    (``VideoDataModule.skipped``); each worker also keeps its own count.
 
     ``frame_transform`` is applied to the (T, 3, H, W) uint8 frames and should keep that layout
     (normalisation happens in the model, which knows its encoder's mean and std).
@@ -48,6 +72,7 @@ class VideoQADataset(Dataset):
         on_error: str = "raise",
         max_skip_fraction: float = 0.05,
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        split: str = "",
     ) -> None:
         if (num_frames is None) == (fps is None):
             raise ValueError(
@@ -64,6 +89,7 @@ class VideoQADataset(Dataset):
         self.on_error = on_error
         self.max_skip_fraction = max_skip_fraction
         self.frame_transform = frame_transform
+        self.split = split
         self.num_skips = 0  # times a failing sample was replaced by another
         self.failed: dict[int, str] = {}  # index → cause; a known-bad file is not decoded again
 
@@ -72,39 +98,65 @@ class VideoQADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_error == "raise":
-            return self._load(index)
+            return {**self._load(index), "skipped": []}
+        stood_in_for = []
         for offset in range(len(self.samples)):
             k = (index + offset) % len(self.samples)
-            if k in self.failed:
-                self.num_skips += 1
-                continue
-            try:
-                return self._load(k)
-            except VideoReadError as error:
-                self._record_failure(k, error)
-        raise RuntimeError(f"VideoQADataset: no readable video among all {len(self.samples)} samples")
+            if k not in self.failed:
+                try:
+                    return {**self._load(k), "skipped": stood_in_for}
+                except VideoReadError as error:
+                    self._record_failure(k, error)
+            self.num_skips += 1
+            stood_in_for.append((self.split, self.samples[k].id, self.samples[k].video, self.failed[k]))
+        raise SkipLimitError(f"{self._name()}: no readable video among all {len(self.samples)} samples")
 
     def check_files(self) -> list[str]:
-        """Paths of videos that do not exist, so missing files are reported before training."""
-        missing = [k for k, s in enumerate(self.samples) if not os.path.isfile(s.video)]
-        if missing and self.on_error == "raise":
-            first = self.samples[missing[0]].video
-            raise VideoReadError(first, f"missing file ({len(missing)} of {len(self.samples)} videos missing)")
-        for k in missing:  # skip policy: known up front, so never decoded, and the limit applies now
-            error = VideoReadError(self.samples[k].video, "missing file (no such path)")
-            self._record_failure(k, error, count_skip=False)
-        return [self.samples[k].video for k in missing]
+        """Stat every video (exists, a file, not empty, not a still image) before anything is decoded.
 
-    def _record_failure(self, index: int, error: VideoReadError, count_skip: bool = True) -> None:
+        Returns the paths that fail. ``on_error="raise"``: raises ``VideoFilesError`` naming all of
+        them (up to ``LISTED``) at once. ``on_error="skip"``: they are recorded as failed, so they
+        are never decoded and count against ``max_skip_fraction`` at once.
+        """
+        problems = {}
+        for k, sample in enumerate(self.samples):
+            problem = file_problem(sample.video)
+            if problem is not None:
+                problems[k] = problem
+        if not problems:
+            return []
+        by_path = {self.samples[k].video: cause for k, cause in problems.items()}
+        if self.on_error == "raise":
+            hint = ""
+            if len(problems) == len(self.samples):
+                hint = f" None of the videos is readable: is the video root right (first path: {self.samples[0].video})?"
+            raise VideoFilesError(
+                f"{self._name()}: {len(problems)} of {len(self.samples)} videos cannot be read "
+                f"(data.check_files): {_listing(by_path)}.{hint} Fix or remove them, or set "
+                f"data.on_error=skip to train without them.",
+                by_path,
+            )
+        self.failed.update(problems)
+        log.warning("%s: %d of %d videos cannot be read and will be skipped: %s",
+                    self._name(), len(problems), len(self.samples), _listing(by_path))
+        self._check_limit()
+        return list(by_path)
+
+    def _name(self) -> str:
+        return f"{self.split} split" if self.split else "dataset"
+
+    def _record_failure(self, index: int, error: VideoReadError) -> None:
         self.failed[index] = error.cause
-        self.num_skips += int(count_skip)
         log.warning("skipping sample %s: %s", self.samples[index].id, error)
+        self._check_limit()
+
+    def _check_limit(self) -> None:
         limit = self.max_skip_fraction * len(self.samples)
         if len(self.failed) > limit:
-            listed = "; ".join(f"{self.samples[k].video}: {cause}" for k, cause in list(self.failed.items())[:5])
-            raise RuntimeError(
-                f"{len(self.failed)} of {len(self.samples)} videos failed to read, more than "
-                f"max_skip_fraction={self.max_skip_fraction} allows ({limit:.1f}); first failures: {listed}"
+            failed = {self.samples[k].video: cause for k, cause in self.failed.items()}
+            raise SkipLimitError(
+                f"{self._name()}: {len(self.failed)} of {len(self.samples)} videos failed to read, more than "
+                f"max_skip_fraction={self.max_skip_fraction} allows ({limit:.1f}); failures: {_listing(failed)}"
             )
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -138,7 +190,8 @@ def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack clips of different lengths: zero-pad to the longest and mark real frames in a mask.
 
     pixels (B, T, 3, H, W) uint8, frame_mask (B, T) bool, times (B, T) float32 (0 on padding),
-    and per-sample lists ids, questions, answers, candidates, tasks, meta.
+    per-sample lists ids, questions, answers, candidates, tasks, meta, and ``skipped``: the
+    ``(split, id, video, cause)`` of every unreadable sample this batch's items stand in for.
     """
     if not items:
         raise ValueError("collate_video_qa: empty batch")
@@ -168,6 +221,7 @@ def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
         "candidates": [item["candidates"] for item in items],
         "tasks": [item["task"] for item in items],
         "meta": [item["meta"] for item in items],
+        "skipped": [entry for item in items for entry in item.get("skipped", ())],
     }
 
 
@@ -178,6 +232,13 @@ class VideoDataModule(L.LightningDataModule):
     (see ``ensure_synthetic``); the test split is the val split. source "mc_json" / "llava_json":
     ``train_file`` / ``val_file`` / ``test_file`` (relative to ``root`` unless absolute; None =
     no such split), videos relative to ``video_root`` (default: each annotation file's folder).
+
+    Robustness (docs/robustness.md): ``setup()`` reads and validates every annotation file, then,
+    with ``check_files``, stats every video and reports all missing, empty or still-image files at
+    once. Under ``on_error="skip"`` the main process gathers every skipped video from the batches
+    (``skipped``: path → cause, across dataloader workers), enforces ``max_skip_fraction`` per
+    split over them, logs ``data/skipped`` to the trainer's loggers when it grows, and lists them
+    all when the stage ends.
     """
 
     def __init__(
@@ -198,6 +259,7 @@ class VideoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_error: str = "raise",
         max_skip_fraction: float = 0.05,
+        check_files: bool = True,
         seed: int = 0,
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -222,8 +284,13 @@ class VideoDataModule(L.LightningDataModule):
             max_skip_fraction=max_skip_fraction,
             frame_transform=frame_transform,
         )
+        self.check_files = check_files
+        self.max_skip_fraction = max_skip_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.datasets: dict[str, VideoQADataset] = {}
+        self.skipped: dict[str, str] = {}  # video path → cause, every split, gathered from the batches
+        self._skipped_by_split: dict[str, dict[str, None]] = {}  # split → its skipped paths, in order
+        self._logged_skips = 0
 
     @property
     def has_test(self) -> bool:
@@ -238,12 +305,59 @@ class VideoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        for split, samples in self._read_splits().items():
-            dataset = VideoQADataset(samples, **self.dataset_args)
-            missing = dataset.check_files()
-            if missing:
-                log.warning("%s split: %d of %d videos missing, e.g. %s", split, len(missing), len(dataset), missing[0])
-            self.datasets[split] = dataset
+        # Every annotation file is read (and validated) before any video is looked at, so a bad
+        # annotation stops the run before the slower file checks.
+        splits = self._read_splits()
+        datasets = {split: VideoQADataset(samples, split=split, **self.dataset_args) for split, samples in splits.items()}
+        if self.check_files:
+            for split, dataset in datasets.items():
+                dataset.check_files()  # raises, or (skip policy) marks the bad files failed up front
+                for k, cause in dataset.failed.items():
+                    self._add_skipped(split, dataset.samples[k].video, cause)
+        self.datasets = datasets
+
+    def _add_skipped(self, split: str, path: str, cause: str) -> bool:
+        seen = self._skipped_by_split.setdefault(split, {})
+        if path in seen:
+            return False
+        seen[path] = None
+        self.skipped.setdefault(path, cause)
+        return True
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Runs in the main process for every batch of every stage: the one place that sees the
+        # failures of all dataloader workers.
+        for split, _id, path, cause in batch.get("skipped", ()) if isinstance(batch, dict) else ():
+            if self._add_skipped(split, path, cause):
+                self._check_skip_limit(split)
+        if len(self.skipped) != self._logged_skips:  # also reports the files the pre-flight check found
+            self._log_skip_count()
+        return batch
+
+    def _check_skip_limit(self, split: str) -> None:
+        dataset = self.datasets.get(split)
+        if dataset is None:
+            return
+        failed = self._skipped_by_split[split]
+        limit = self.max_skip_fraction * len(dataset)
+        if len(failed) > limit:
+            listed = _listing({p: self.skipped[p] for p in failed})
+            raise SkipLimitError(
+                f"{split} split: {len(failed)} of {len(dataset)} videos failed to read, more than "
+                f"max_skip_fraction={self.max_skip_fraction} allows ({limit:.1f}); failures: {listed}"
+            )
+
+    def _log_skip_count(self) -> None:
+        self._logged_skips = len(self.skipped)
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({"data/skipped": float(self._logged_skips)}, step=trainer.global_step)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.skipped:
+            log.warning("data: %d unreadable videos skipped (data/skipped): %s", len(self.skipped), _listing(self.skipped))
 
     def _read_splits(self) -> dict[str, list[Sample]]:
         if self.source == "synthetic":
@@ -259,8 +373,8 @@ class VideoDataModule(L.LightningDataModule):
         return splits
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader("train", shuffle=True, generator=generator)
+        # Shuffled by (seed, epoch), split across ranks, resumable mid-epoch: see vlc.data.sampler.
+        return resumable(self._loader("train", shuffle=False), seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -2,15 +2,19 @@
 
 Two backends read the same files the same way: ``decord`` (default; ``VideoReader.get_batch``
 seeks to the wanted frames) and ``av`` (PyAV; decodes in order and keeps the wanted frames, a
-fallback where decord is not available or misreads a file). Every failure surfaces as a
-``VideoReadError`` that names the file and the cause, so a bad file in a dataset of thousands can
-be found.
+fallback where decord is not available or misreads a file). A file decord cannot read but FFmpeg
+opens as a video (a GIF, say) is read with PyAV instead. Every failure surfaces as a
+``VideoReadError`` that names the file and the cause (missing, zero bytes, a still image, no video
+stream, no decoder for the codec, zero frames, corrupt or truncated), so a bad file in a dataset of
+thousands can be found. ``file_problem`` runs the checks that need no decoding, for a whole dataset
+before training.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,12 +27,21 @@ BACKENDS = ("decord", "av")
 
 log = logging.getLogger(__name__)
 _warned_decord_width = False  # warn about the decord width fallback once per process
+_warned_decord_fallback = False  # likewise for files decord cannot open but PyAV can
 
 
 class VideoReadError(RuntimeError):
-    """A video file that cannot be read: missing, empty, corrupt, without video, or frameless."""
+    """A video file that cannot be read: missing, empty, corrupt, an image, without video, or frameless."""
 
-    def __init__(self, path: str, cause: str) -> None:
+    def __init__(self, path: str, cause: str | None = None) -> None:
+        if cause is None:
+            # A DataLoader worker's exception reaches the main process rebuilt from its text alone
+            # (torch's ExceptionWrapper calls the class with one message): keep the type, and
+            # recover the path and the cause from the last "cannot read video …" line.
+            super().__init__(path)
+            found = re.findall(r"cannot read video (.+?): (.*)", str(path))
+            self.path, self.cause = found[-1] if found else ("", str(path))
+            return
         super().__init__(f"cannot read video {path}: {cause}")
         self.path = str(path)
         self.cause = cause
@@ -66,6 +79,15 @@ def read_video(
         )
     _check_backend(backend)
     _check_file(path)
+    if backend == "decord":
+        try:
+            return _read(path, "decord", num_frames, fps, max_frames, start, end, size)
+        except _DecordFailure as error:
+            _warn_fallback(path, error.cause)
+    return _read(path, "av", num_frames, fps, max_frames, start, end, size)
+
+
+def _read(path, backend, num_frames, fps, max_frames, start, end, size) -> VideoClip:
     reader = _open_decord(path) if backend == "decord" else None  # opened once, used twice
     num_total, native_fps = _stream_info(path, reader)
     indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
@@ -87,7 +109,12 @@ def video_info(path: str | os.PathLike, backend: str = "decord") -> tuple[int, f
     path = os.fspath(path)
     _check_backend(backend)
     _check_file(path)
-    return _stream_info(path, _open_decord(path) if backend == "decord" else None)
+    if backend == "decord":
+        try:
+            return _stream_info(path, _open_decord(path))
+        except _DecordFailure as error:
+            _warn_fallback(path, error.cause)
+    return _stream_info(path, None)
 
 
 def _stream_info(path: str, reader) -> tuple[int, float]:
@@ -97,7 +124,7 @@ def _stream_info(path: str, reader) -> tuple[int, float]:
     else:
         num_total, native_fps = _info_av(path)
     if num_total < 1:
-        raise VideoReadError(path, "zero frames in the video stream")
+        raise VideoReadError(path, "zero frames in the video stream (zero duration)")
     if not native_fps > 0:
         raise VideoReadError(path, f"video stream reports frame rate {native_fps}, expected > 0")
     return num_total, native_fps
@@ -118,26 +145,115 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
 
 
-def _check_file(path: str) -> None:
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a video, from the file system and its first bytes alone; None if it may be.
+
+    Cheap enough to run on every file of a dataset before training (``data.check_files``).
+    """
+    path = os.fspath(path)
     if not os.path.exists(path):
-        raise VideoReadError(path, "missing file (no such path)")
+        return "missing file (no such path)"
     if os.path.isdir(path):
-        raise VideoReadError(path, "is a directory, expected a video file")
+        return "is a directory, expected a video file"
     if os.path.getsize(path) == 0:
-        raise VideoReadError(path, "zero-byte file")
+        return "zero-byte file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as error:
+        return f"cannot open the file ({error.strerror or error})"
+    image = _still_image_kind(head)
+    if image is not None:
+        return f"a still {image} image, not a video"
+    return None
 
 
-def _diagnose(path: str, error: Exception) -> str:
-    """A readable cause for a backend failure: decord's own messages rarely say what is wrong."""
+# Signatures of still-image formats that FFmpeg would otherwise open as a one-frame "video" at a
+# made-up 25 fps. GIF is left out: animated GIFs are videos in some datasets (e.g. TGIF). Other
+# image formats are caught when the file is opened (FFmpeg's image demuxers, ``_is_still_image``).
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _still_image_kind(head: bytes) -> str | None:
+    for magic, kind in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            # An animated PNG carries its animation chunk (acTL) before the image data.
+            return None if kind == "PNG" and b"acTL" in head else kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _check_file(path: str) -> None:
+    problem = file_problem(path)
+    if problem is not None:
+        raise VideoReadError(path, problem)
+
+
+# decord prefixes its messages with a timestamp and its own source location, e.g.
+# "[04:43:45] .../video_reader.cc:151: Check failed: …": noise to whoever owns the video.
+_DECORD_NOISE = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+?\.(?:cc|h|cpp):\d+: ")
+
+
+def _short(error: Exception) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [""]
+    text = _DECORD_NOISE.sub("", lines[-1]).strip()
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+class _DecordFailure(VideoReadError):
+    """decord failed on a file that FFmpeg opens as a video: worth one more try with PyAV."""
+
+
+def _warn_fallback(path: str, cause: str) -> None:
+    global _warned_decord_fallback
+    if not _warned_decord_fallback:
+        log.warning("%s: %s; decoding it with PyAV (further such files are read the same way silently)", path, cause)
+        _warned_decord_fallback = True
+
+
+def _probe(path: str) -> str | None:
+    """Why FFmpeg (through PyAV) sees no readable video in ``path``; None when it opens one."""
     import av
 
     try:
         with av.open(path) as container:
+            if _is_still_image(container):
+                return f"a still image ({container.format.name}), not a video"
             if not container.streams.video:
-                return "no video stream in the file"
+                kinds = sorted({s.type for s in container.streams})
+                return "no video stream in the file" + (f" (only {', '.join(kinds)})" if kinds else "")
+            stream = container.streams.video[0]
+            if stream.codec_context is None:
+                return "no decoder for its video codec (unknown or unsupported by this FFmpeg build)"
+            if not stream.frames and not any(packet.size > 0 for packet in container.demux(stream)):
+                return "zero frames in the video stream (zero duration)"
     except Exception as probe_error:  # noqa: BLE001 - any failure to open means corrupt/unknown
-        return f"cannot decode, file corrupt or not a video ({type(probe_error).__name__}: {probe_error})"
-    return f"cannot decode, file corrupt ({type(error).__name__}: {str(error).strip().splitlines()[-1][:300]})"
+        return f"cannot open: file corrupt, truncated or not a video ({_short(probe_error)})"
+    return None
+
+
+def _diagnose(path: str, error: Exception) -> str:
+    """A readable cause for a backend failure: the backends' own messages rarely say what is wrong."""
+    return _probe(path) or f"cannot decode: file corrupt or truncated ({_short(error)})"
+
+
+def _decord_error(path: str, error: Exception) -> VideoReadError:
+    cause = _probe(path)
+    if cause is None:  # FFmpeg opens it: decord's own limitation (e.g. a GIF), so PyAV gets a try
+        return _DecordFailure(path, f"decord cannot read it ({_short(error)})")
+    return VideoReadError(path, cause)
+
+
+def _is_still_image(container) -> bool:
+    # FFmpeg's image demuxers: "png_pipe", "jpeg_pipe", "bmp_pipe", … and "image2".
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
 
 
 def _open_decord(path: str):
@@ -148,7 +264,7 @@ def _open_decord(path: str):
         # decord's own thread pool per reader oversubscribes small machines.
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as error:  # noqa: BLE001 - decord raises RuntimeError and DECORDError alike
-        raise VideoReadError(path, _diagnose(path, error)) from error
+        raise _decord_error(path, error) from error
 
 
 def _decode_decord(path: str, reader, indices: np.ndarray) -> np.ndarray:
@@ -156,7 +272,7 @@ def _decode_decord(path: str, reader, indices: np.ndarray) -> np.ndarray:
         frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
     except Exception as error:  # noqa: BLE001
         if "DECORDArrayCopyFromTo" not in str(error):
-            raise VideoReadError(path, _diagnose(path, error)) from error
+            raise _decord_error(path, error) from error
         # decord 0.6 mishandles padded rows for a few small widths (8, 12, 16, 24, 48, 72 px):
         # get_batch fails this way. PyAV decodes the same frames, so use it for such files.
         global _warned_decord_width
@@ -174,9 +290,13 @@ def _info_av(path: str) -> tuple[int, float]:
 
     try:
         with av.open(path) as container:
+            if _is_still_image(container):
+                raise VideoReadError(path, f"a still image ({container.format.name}), not a video")
             if not container.streams.video:
-                raise VideoReadError(path, "no video stream in the file")
+                raise VideoReadError(path, _diagnose(path, RuntimeError("no video stream")))
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise VideoReadError(path, "no decoder for its video codec (unknown or unsupported by this FFmpeg build)")
             rate = stream.average_rate or stream.guessed_rate
             num_total = stream.frames
             if not num_total:

@@ -85,7 +85,8 @@ def device_name(device: torch.device | str) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{model} ({threads} thread{'s' if threads > 1 else ''})"
 
 
 class Stopwatch:

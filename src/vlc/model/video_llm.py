@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -18,7 +19,8 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from vlc.backbone.encoder import VisionEncoder
-from vlc.backbone.llm import build_llm
+from vlc.backbone.llm import build_llm, enable_activation_checkpointing
+from vlc.backbone.lora import apply_lora
 from vlc.backbone.projector import MLPProjector
 from vlc.backbone.tokenizer import load_tokenizer
 from vlc.compressors import build_compressor
@@ -29,6 +31,7 @@ from vlc.model.prefill import (
     default_prefill,
     greedy_generate,
     left_pad,
+    positions_from_mask,
     repeat_context,
     token_logprobs,
 )
@@ -49,8 +52,12 @@ class VideoLLM(L.LightningModule):
     tokenizer:  ``load_tokenizer`` arguments.            projector: ``MLPProjector`` extras.
     compressor: a compressor config (``_target_``, ``_partial_``); None = no compression.
     prompt:     ``PromptBuilder`` arguments.
-    optim:      lr, weight_decay, betas, warmup_steps, component_lr {encoder, projector, compressor, llm}.
+    optim:      lr, weight_decay, betas, warmup_steps or warmup_ratio, min_lr_ratio,
+                component_lr {encoder, projector, compressor, llm} (null: lr).
     freeze:     {component: bool}; frozen components get no gradients and no optimizer state.
+    lora:       ``apply_lora`` arguments {enabled, r, alpha, dropout, target_modules}: adapters injected
+                into the LLM in place (``self.llm`` stays the HF model); its base weights are frozen.
+    gradient_checkpointing: recompute the LLM's decoder layers (and the encoder's blocks) in backward.
     """
 
     def __init__(
@@ -64,14 +71,17 @@ class VideoLLM(L.LightningModule):
         optim: dict | None = None,
         freeze: dict | None = None,
         max_new_tokens: int = 16,
+        lora: dict | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze = map(
-            _plain, (encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze)
+        encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze, lora = map(
+            _plain, (encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze, lora)
         )
         self.save_hyperparameters(
             dict(encoder=encoder, llm=llm, tokenizer=tokenizer, projector=projector, compressor=compressor,
-                 prompt=prompt, optim=optim, freeze=freeze, max_new_tokens=max_new_tokens)
+                 prompt=prompt, optim=optim, freeze=freeze, max_new_tokens=max_new_tokens, lora=lora,
+                 gradient_checkpointing=gradient_checkpointing)
         )
         self.tokenizer = load_tokenizer(**(tokenizer or {}))
         self.encoder = VisionEncoder(**encoder)
@@ -83,14 +93,26 @@ class VideoLLM(L.LightningModule):
         )
         if hasattr(self.compressor, "attach"):
             self.compressor.attach(self.llm, self.tokenizer)
+        # After attach: vst copies the plain q/k/v weights either way (it reads a LoRA layer's base_layer).
+        lora = lora or {}
+        apply_lora(self.llm, **lora)
         self.prompt = PromptBuilder(self.tokenizer, **(prompt or {}))
         self.optim_cfg = optim or {}
         self.max_new_tokens = max_new_tokens
         for name, frozen in (freeze or {}).items():
             if name not in COMPONENTS:
                 raise ValueError(f"freeze.{name}: unknown component; choose from {COMPONENTS}")
+            if frozen and name == "llm" and lora.get("enabled"):
+                raise ValueError(
+                    "model.freeze.llm=true with model.lora.enabled=true would freeze the adapters too; "
+                    "set freeze.llm=false (LoRA already freezes the LLM's own weights)"
+                )
             if frozen:
                 getattr(self, name).requires_grad_(False)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
+            enable_activation_checkpointing(self.llm)
+            self.encoder.set_grad_checkpointing(True)
         self.val_acc = MulticlassAccuracy(num_classes=MAX_CANDIDATES, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=MAX_CANDIDATES, average="micro")
         self._task_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -155,9 +177,32 @@ class VideoLLM(L.LightningModule):
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: dict) -> Tensor:
         """The answer loss of a batch (cross entropy on answer tokens only)."""
-        ctx = self.encode_context(batch)
         text = self.prompt.training_batch(batch["questions"], batch["candidates"], batch["answers"])
-        logits = continue_from(self.llm, ctx, self.embed(text.ids), text.mask.to(self.device))
+        if self.gradient_checkpointing and self.training and not hasattr(self.compressor, "prefill"):
+            return self._one_pass_loss(batch, text)
+        ctx = self.encode_context(batch)
+        # Checkpointed HF layers drop past_key_values (a cache written twice would be wrong on the
+        # recompute), which would cut the text off its context. vst checkpoints its own window loop;
+        # the text after it is a few dozen tokens, so it runs un-checkpointed.
+        with _layer_checkpointing_off(self.llm):
+            logits = continue_from(self.llm, ctx, self.embed(text.ids), text.mask.to(self.device))
+        return answer_loss(logits, text.labels.to(self.device))
+
+    def _one_pass_loss(self, batch: dict, text) -> Tensor:
+        """The same loss as context + continuation (tests/test_model.py pins the two equal), as one
+        cache-free forward over [prefix | visual | question + answer], so every layer can be checkpointed."""
+        B = batch["pixels"].shape[0]
+        sink, _ = self._prefix(B)
+        ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
+        ft = self._compress(ft, norm, batch)
+        vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
+        context, context_mask = left_pad([torch.cat([sink[b], vis[b][vis_mask[b].bool()]]) for b in range(B)])
+        embeds = torch.cat([context, self.embed(text.ids).to(context.dtype)], 1)  # (B, Lc + Lt, D)
+        mask = torch.cat([context_mask, text.mask.to(self.device)], 1)
+        logits = self.llm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask),
+            use_cache=False, logits_to_keep=text.ids.shape[1],
+        ).logits  # (B, Lt, V): the text positions only
         return answer_loss(logits, text.labels.to(self.device))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -254,22 +299,36 @@ class VideoLLM(L.LightningModule):
         self._eval_epoch_end("test")
 
     # ---- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group per component with trainable parameters, at ``optim.component_lr.<name>``
+        (null: ``optim.lr``). LoRA adapters belong to the llm group."""
         cfg = self.optim_cfg
         lr = float(cfg.get("lr", 1e-3))
         component_lr = cfg.get("component_lr") or {}
+        unknown = set(component_lr) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"optim.component_lr: unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
         groups = []
         for name in COMPONENTS:
             params = [p for p in getattr(self, name).parameters() if p.requires_grad]
             if params:
-                groups.append(dict(params=params, lr=float(component_lr.get(name) or lr), name=name))
+                own = component_lr.get(name)
+                groups.append(dict(params=params, lr=float(lr if own is None else own), name=name))
         if not groups:
-            raise ValueError("every component is frozen: nothing to train (see the freeze config)")
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
+            raise ValueError("every component is frozen: nothing to train (see model.freeze and model.lora)")
+        return groups
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        opt = torch.optim.AdamW(self.param_groups(), lr=float(cfg.get("lr", 1e-3)),
+                                weight_decay=float(cfg.get("weight_decay", 0.0)),
                                 betas=tuple(cfg.get("betas", (0.9, 0.999))))
-        warmup = int(cfg.get("warmup_steps", 0))
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else 0
         total = int(total) if total and math.isfinite(total) else 0
+        if cfg.get("warmup_ratio") is not None:  # Video-XL / LLaVA: warmup_ratio 0.03 of all steps
+            warmup = int(math.ceil(float(cfg["warmup_ratio"]) * total))
+        else:
+            warmup = int(cfg.get("warmup_steps") or 0)
         min_ratio = float(cfg.get("min_lr_ratio", 0.1))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to min_lr_ratio
@@ -282,3 +341,16 @@ class VideoLLM(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval="step"))
+
+
+@contextmanager
+def _layer_checkpointing_off(llm):
+    """Temporarily clear the ``gradient_checkpointing`` flag of every decoder layer that has it."""
+    layers = [m for m in llm.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True

@@ -1,0 +1,1 @@
+"""Run-level training machinery that Lightning plugs in: atomic checkpoint files, RNG state in checkpoints."""
