@@ -64,7 +64,10 @@ def test_collate_pads_and_masks(samples):
     assert torch.equal(batch["pixels"][1, :3], items[1]["frames"])
     assert batch["ids"] == [s.id for s in samples[:3]]
     assert batch["candidates"][0] == samples[0].candidates and batch["meta"][2] == samples[2].meta
-    assert set(batch) == {"pixels", "frame_mask", "times", "ids", "questions", "answers", "candidates", "tasks", "meta"}
+    assert set(batch) == {
+        "pixels", "frame_mask", "times", "ids", "questions", "answers", "candidates", "tasks", "meta", "skipped"
+    }  # fmt: skip
+    assert batch["skipped"] == []
 
 
 def test_collate_rejects_mixed_sizes(samples):
@@ -94,7 +97,7 @@ def with_broken(samples, tmp_path) -> list[Sample]:
 def test_raise_policy_names_the_file(with_broken):
     dataset = VideoQADataset(with_broken, num_frames=2)
     assert dataset[2]["id"] == "s2"
-    with pytest.raises(VideoReadError, match="3.mp4: cannot decode"):
+    with pytest.raises(VideoReadError, match="3.mp4: cannot open: file corrupt, truncated or not a video"):
         dataset[3]
 
 
@@ -103,7 +106,7 @@ def test_skip_policy_counts_logs_and_gives_up(with_broken, caplog):
     with caplog.at_level(logging.WARNING, logger="vlc.data.datamodule"):
         assert dataset[3]["id"] == "s4"  # the next readable sample stands in
     assert dataset.num_skips == 1 and list(dataset.failed) == [3]
-    assert "s3" in caplog.text and with_broken[3].video in caplog.text and "cannot decode" in caplog.text
+    assert "s3" in caplog.text and with_broken[3].video in caplog.text and "file corrupt" in caplog.text
     assert dataset[3]["id"] == "s4" and dataset.num_skips == 2  # known-bad: skipped without decoding
     # 1 of 10 failed is within 0.1; the second unreadable file exceeds it.
     with pytest.raises(RuntimeError, match=r"2 of 10 videos failed to read, more than max_skip_fraction=0.1") as info:
@@ -152,7 +155,7 @@ def test_mc_json_datamodule_reports_missing_videos_in_setup(data_root, tmp_path)
     (tmp_path / "val.json").write_text(json.dumps(items))
 
     dm = VideoDataModule(source="mc_json", root=str(tmp_path), val_file="val.json", test_file="val.json", num_frames=2)
-    with pytest.raises(VideoReadError, match=r"gone.mp4: missing file \(1 of 4 videos missing\)"):
+    with pytest.raises(VideoReadError, match=r"val split: 1 of 4 videos cannot be read .*gone.mp4: missing file"):
         dm.setup("validate")
     lenient = VideoDataModule(
         source="mc_json", root=str(tmp_path), val_file="val.json", num_frames=2, on_error="skip", max_skip_fraction=0.25

@@ -135,7 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("init_from"):
         init_weights(model, cfg.init_from)
     trainer = build_trainer(cfg)
-    OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+    if trainer.is_global_zero:  # under DDP every rank runs this function; one writes the run's files
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
 
     extra: dict[str, Any] = {}
     best = None
@@ -161,9 +162,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test") and getattr(datamodule, "has_test", False):
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update({k: _scalar(v) for k, v in test_metrics.items()})
-    path = write_outputs(out_dir, metrics, model.predictions)
-    log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}))
-    log.info("wrote %s", path)
+    if trainer.is_global_zero:
+        path = write_outputs(out_dir, metrics, model.predictions)
+        log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}))
+        log.info("wrote %s", path)
     return metrics
 
 
@@ -217,8 +219,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             backend=cfg.data.get("backend", "decord"), device=device, precision=precision,
         )
         write_csv(rows, out_dir / "niah.csv")
+        mean = sum(r["correct"] for r in records) / len(records)
         plot_heatmap(rows, out_dir / "niah_heatmap.png",
-                     title=f"{type(model.compressor).__name__}: mean accuracy {sum(r['correct'] for r in records) / len(records):.3f}")
+                     title=f"{type(model.compressor).__name__}: mean accuracy {mean:.3f}")
         stage_metrics = summarize_records(records, prefix="niah")
         stage_metrics["niah/acc_cell_mean"] = sum(r["accuracy"] for r in rows) / len(rows)
         stage_metrics["niah/cells"] = len(rows)

@@ -4,6 +4,10 @@
 same Hugging Face model object (no ``PeftModel`` wrapper), so ``VideoLLM.llm`` stays the model that
 prefill, continuation and vst's explicit layer loop already drive: ``layer.self_attn.q_proj(x)`` is
 now ``base(x) + B(A(dropout(x))) * alpha / r``. Only the adapters require grad afterwards.
+
+The adapters are kept in float32 whatever the base weights' dtype (as ``peft.get_peft_model`` does):
+an lr 2e-4 AdamW update is below bf16's resolution for most weights, so bf16 adapters would train
+on rounding. peft casts the input to the adapter's dtype and the result back.
 """
 
 from __future__ import annotations
@@ -43,5 +47,8 @@ def apply_lora(
     config = peft.LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout), target_modules=list(target_modules))
     out = peft.inject_adapter_in_model(config, llm)
     assert out is llm  # in place: the HF model object is kept
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(llm, "default", autocast_adapter_dtype=True)  # bf16/fp16 adapters → float32
     return llm
 

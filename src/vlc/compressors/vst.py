@@ -100,14 +100,16 @@ class VisualSummarizationTokens(nn.Module):
         super().__init__()
         ratios = tuple(int(r) for r in ratios)
         if window < 1:
-            raise ValueError(f"vst: window={window}; configs/compressor/vst.yaml needs window >= 1")
+            raise ValueError(f"compressor.window={window} (vst): raw visual tokens per window, must be >= 1")
         for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios]:
             if not 1 <= value <= window:
-                raise ValueError(f"vst: {key} has {value}, outside 1..window ({window}); lower it or raise window")
+                raise ValueError(
+                    f"compressor.{key} holds {value} (vst), outside 1..window={window}; lower it or raise compressor.window"
+                )
         if not ratios:
-            raise ValueError("vst: ratios is empty; give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
+            raise ValueError("compressor.ratios is empty (vst); give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
         if attention not in ATTENTION:
-            raise ValueError(f"vst: attention={attention!r}; expected one of {ATTENTION}")
+            raise ValueError(f"compressor.attention={attention!r} (vst); expected one of {ATTENTION}")
         self.window = int(window)
         self.ratio = int(ratio)
         self.ratios = ratios

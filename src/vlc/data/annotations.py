@@ -183,7 +183,8 @@ def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
             try:
                 items.append((len(items), lineno, json.loads(raw)))
             except json.JSONDecodeError as error:
-                raise AnnotationError(path, f"invalid JSON ({error.msg}, column {error.colno})", len(items), lineno) from error
+                message = f"invalid JSON ({error.msg}, column {error.colno})"
+                raise AnnotationError(path, message, len(items), lineno) from error
     else:
         try:
             data = json.loads(text)

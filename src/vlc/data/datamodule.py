@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vlc.data.annotations import Sample, read_llava_json, read_mc_json
 from vlc.data.sampler import resumable
@@ -129,7 +129,8 @@ class VideoQADataset(Dataset):
         if self.on_error == "raise":
             hint = ""
             if len(problems) == len(self.samples):
-                hint = f" None of the videos is readable: is the video root right (first path: {self.samples[0].video})?"
+                first = self.samples[0].video
+                hint = f" None of the videos is readable: is the video root right (first path: {first})?"
             raise VideoFilesError(
                 f"{self._name()}: {len(problems)} of {len(self.samples)} videos cannot be read "
                 f"(data.check_files): {_listing(by_path)}.{hint} Fix or remove them, or set "
@@ -147,7 +148,11 @@ class VideoQADataset(Dataset):
 
     def _record_failure(self, index: int, error: VideoReadError) -> None:
         self.failed[index] = error.cause
-        log.warning("skipping sample %s: %s", self.samples[index].id, error)
+        # In a dataloader worker the record may never reach the run's log (workers started by spawn
+        # have no handlers): the datamodule logs it from the main process when the batch arrives.
+        in_worker = get_worker_info() is not None
+        level = logging.DEBUG if in_worker else logging.WARNING
+        log.log(level, "skipping sample %s: %s", self.samples[index].id, error)
         self._check_limit()
 
     def _check_limit(self) -> None:
@@ -308,7 +313,7 @@ class VideoDataModule(L.LightningDataModule):
         # Every annotation file is read (and validated) before any video is looked at, so a bad
         # annotation stops the run before the slower file checks.
         splits = self._read_splits()
-        datasets = {split: VideoQADataset(samples, split=split, **self.dataset_args) for split, samples in splits.items()}
+        datasets = {name: VideoQADataset(samples, split=name, **self.dataset_args) for name, samples in splits.items()}
         if self.check_files:
             for split, dataset in datasets.items():
                 dataset.check_files()  # raises, or (skip policy) marks the bad files failed up front
@@ -327,8 +332,10 @@ class VideoDataModule(L.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Runs in the main process for every batch of every stage: the one place that sees the
         # failures of all dataloader workers.
-        for split, _id, path, cause in batch.get("skipped", ()) if isinstance(batch, dict) else ():
+        for split, sample_id, path, cause in batch.get("skipped", ()) if isinstance(batch, dict) else ():
             if self._add_skipped(split, path, cause):
+                if self.num_workers > 0:  # without workers the dataset has logged it already
+                    log.warning("skipping sample %s: %s", sample_id, VideoReadError(path, cause))
                 self._check_skip_limit(split)
         if len(self.skipped) != self._logged_skips:  # also reports the files the pre-flight check found
             self._log_skip_count()
@@ -357,7 +364,8 @@ class VideoDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         if self.skipped:
-            log.warning("data: %d unreadable videos skipped (data/skipped): %s", len(self.skipped), _listing(self.skipped))
+            count, listed = len(self.skipped), _listing(self.skipped)
+            log.warning("data: %d unreadable videos skipped (data/skipped): %s", count, listed)
 
     def _read_splits(self) -> dict[str, list[Sample]]:
         if self.source == "synthetic":

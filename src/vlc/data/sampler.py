@@ -22,12 +22,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-# Lightning's training fetcher holds one batch ahead of the step being trained (it prefetches to
-# know which batch is the last); a checkpoint taken mid-epoch has trained on one batch fewer than
-# the loader has yielded. tests/test_resume.py pins this against an uninterrupted run.
-_PREFETCHED = 1
-
-
 class ResumableSampler(DistributedSampler):
     """Seeded shuffling per epoch (as ``DistributedSampler``) that can start an epoch at a given sample."""
 
@@ -54,22 +48,22 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._yielded = 0
-        self._exhausted = False
+        self._yielded = 0  # batches of the current epoch handed out, counting those skipped on resume
 
     def __iter__(self) -> Iterator[Any]:
+        # Lightning fetches a sized loader's batches one at a time (it prefetches only when it cannot
+        # know the length), so when it saves a checkpoint, yielded == trained.
+        # tests/test_resume.py pins this against an uninterrupted run.
         sampler = self.sampler if isinstance(self.sampler, ResumableSampler) else None
         self._yielded = sampler.start // self.batch_size if sampler is not None and self.batch_size else 0
-        self._exhausted = False
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
-        self._exhausted = True
 
     def state_dict(self) -> dict[str, int]:
         if not isinstance(self.sampler, ResumableSampler):
             return {}
-        trained = self._yielded if self._exhausted else max(0, self._yielded - _PREFETCHED)
+        trained = self._yielded
         epoch = self.sampler.epoch
         if trained >= len(self):  # the epoch is done: resume at the start of the next one
             epoch, trained = epoch + 1, 0

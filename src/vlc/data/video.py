@@ -87,7 +87,16 @@ def read_video(
     return _read(path, "av", num_frames, fps, max_frames, start, end, size)
 
 
-def _read(path, backend, num_frames, fps, max_frames, start, end, size) -> VideoClip:
+def _read(
+    path: str,
+    backend: str,
+    num_frames: int | None,
+    fps: float | None,
+    max_frames: int | None,
+    start: float | None,
+    end: float | None,
+    size: tuple[int, int] | None,
+) -> VideoClip:
     reader = _open_decord(path) if backend == "decord" else None  # opened once, used twice
     num_total, native_fps = _stream_info(path, reader)
     indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
@@ -200,14 +209,18 @@ def _check_file(path: str) -> None:
 _DECORD_NOISE = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+?\.(?:cc|h|cpp):\d+: ")
 
 
-def _short(error: Exception) -> str:
+def _short(error: Exception, path: str = "") -> str:
+    """The last line of a backend's message, without decord's noise or a repeat of the path."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()] or [""]
-    text = _DECORD_NOISE.sub("", lines[-1]).strip()
+    text = _DECORD_NOISE.sub("", lines[-1]).replace(f": '{path}'", "").replace(f"[{path}] ", "").strip()
     return f"{type(error).__name__}: {text[:300]}"
 
 
 class _DecordFailure(VideoReadError):
     """decord failed on a file that FFmpeg opens as a video: worth one more try with PyAV."""
+
+
+_NO_DECODER = "no decoder for its video codec (unknown or unsupported by this FFmpeg build)"
 
 
 def _warn_fallback(path: str, cause: str) -> None:
@@ -230,23 +243,23 @@ def _probe(path: str) -> str | None:
                 return "no video stream in the file" + (f" (only {', '.join(kinds)})" if kinds else "")
             stream = container.streams.video[0]
             if stream.codec_context is None:
-                return "no decoder for its video codec (unknown or unsupported by this FFmpeg build)"
+                return _NO_DECODER
             if not stream.frames and not any(packet.size > 0 for packet in container.demux(stream)):
                 return "zero frames in the video stream (zero duration)"
     except Exception as probe_error:  # noqa: BLE001 - any failure to open means corrupt/unknown
-        return f"cannot open: file corrupt, truncated or not a video ({_short(probe_error)})"
+        return f"cannot open: file corrupt, truncated or not a video ({_short(probe_error, path)})"
     return None
 
 
 def _diagnose(path: str, error: Exception) -> str:
     """A readable cause for a backend failure: the backends' own messages rarely say what is wrong."""
-    return _probe(path) or f"cannot decode: file corrupt or truncated ({_short(error)})"
+    return _probe(path) or f"cannot decode: file corrupt or truncated ({_short(error, path)})"
 
 
 def _decord_error(path: str, error: Exception) -> VideoReadError:
     cause = _probe(path)
     if cause is None:  # FFmpeg opens it: decord's own limitation (e.g. a GIF), so PyAV gets a try
-        return _DecordFailure(path, f"decord cannot read it ({_short(error)})")
+        return _DecordFailure(path, f"decord cannot read it ({_short(error, path)})")
     return VideoReadError(path, cause)
 
 
@@ -296,7 +309,7 @@ def _info_av(path: str) -> tuple[int, float]:
                 raise VideoReadError(path, _diagnose(path, RuntimeError("no video stream")))
             stream = container.streams.video[0]
             if stream.codec_context is None:
-                raise VideoReadError(path, "no decoder for its video codec (unknown or unsupported by this FFmpeg build)")
+                raise VideoReadError(path, _NO_DECODER)
             rate = stream.average_rate or stream.guessed_rate
             num_total = stream.frames
             if not num_total:

@@ -21,6 +21,7 @@ resident set just before (the baseline: weights, libraries, the Python process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import logging
@@ -93,7 +94,8 @@ def compose(model: str, compressor_spec: str, sets: list[str], config_dir: Path)
     name, overrides = parse_compressor(compressor_spec)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return hydra_compose("eval", overrides=["ckpt_path=null", f"model={model}", f"compressor={name}", *overrides, *sets])
+        base = ["ckpt_path=null", f"model={model}", f"compressor={name}"]
+        return hydra_compose("eval", overrides=[*base, *overrides, *sets])
 
 
 def build(cfg) -> Any:
@@ -134,7 +136,8 @@ def load_sample(frames: int, size: int, video: Path | None, backend: str = "deco
         sample = Sample(id=f"bench-{frames}", video=str(video), question=QUESTION, answer="red", candidates=CANDIDATES)
         return collate_video_qa([VideoQADataset([sample], num_frames=frames, backend=backend, frame_size=size)[0]])
     g = torch.Generator().manual_seed(frames)
-    item = dict(id=f"bench-{frames}", frames=torch.randint(0, 256, (frames, 3, size, size), dtype=torch.uint8, generator=g),
+    pixels = torch.randint(0, 256, (frames, 3, size, size), dtype=torch.uint8, generator=g)
+    item = dict(id=f"bench-{frames}", frames=pixels,
                 times=torch.arange(frames, dtype=torch.float32) / 4, question=QUESTION, answer="red",
                 candidates=CANDIDATES, task="bench", meta={})
     return collate_video_qa([item])
@@ -231,15 +234,23 @@ def find_max_frames(fits: Callable[[int], bool], start: int, cap: int | None = N
     return lo, hi
 
 
-def limit_cpu_data(mem_limit_mb: float) -> None:
-    """A hard stop well past the soft limit: on CPU an allocation beyond it fails (and is reported as
-    out of memory) instead of pushing the machine into swap or the OOM killer."""
+@contextlib.contextmanager
+def cpu_data_limit(mem_limit_mb: float | None):
+    """A hard stop well past the soft limit while the search runs: on CPU an allocation beyond
+    twice the limit fails (and is reported as out of memory) instead of pushing a shared machine
+    into the OOM killer. The previous limit is restored afterwards."""
     from vlc.evaluation.efficiency import _read_status_kb
 
-    allowed = _read_status_kb("VmData") * 1024 + int(2 * mem_limit_mb * 2**20)
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard == resource.RLIM_INFINITY or allowed < hard:
+    allowed = _read_status_kb("VmData") * 1024 + int(2 * (mem_limit_mb or 0) * 2**20)
+    active = mem_limit_mb is not None and (hard == resource.RLIM_INFINITY or allowed < hard)
+    if active:
         resource.setrlimit(resource.RLIMIT_DATA, (allowed, hard))
+    try:
+        yield
+    finally:
+        if active:
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +297,48 @@ def max_frames_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scaling(rows: list[dict[str, Any]], reference: str = "none") -> list[dict[str, Any]]:
+    """Each compressor against ``reference`` at the largest frame count both ran: peak memory over
+    the baseline, and its growth per added frame between the two largest such counts."""
+    ok: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok":
+            ok.setdefault(r["compressor"], {})[r["frames"]] = r
+    if reference not in ok:
+        return []
+    out = []
+    for name, by_frames in ok.items():
+        if name == reference:
+            continue
+        common = sorted(set(by_frames) & set(ok[reference]))
+        if len(common) < 2:
+            continue
+        lo, hi = common[-2], common[-1]
+
+        def slope(table: dict[int, dict]) -> float:
+            return (table[hi]["peak_delta_mb"] - table[lo]["peak_delta_mb"]) / (hi - lo)
+
+        ref_peak, peak = ok[reference][hi]["peak_delta_mb"], by_frames[hi]["peak_delta_mb"]
+        ref_slope, own_slope = slope(ok[reference]), slope(by_frames)
+        out.append(dict(compressor=name, reference=reference, frames=hi, from_frames=lo, peak_delta_mb=peak,
+                        reference_peak_delta_mb=ref_peak, peak_ratio=peak / ref_peak if ref_peak > 0 else math.nan,
+                        slope_mb_per_frame=own_slope, reference_slope_mb_per_frame=ref_slope,
+                        slope_ratio=own_slope / ref_slope if ref_slope > 0 else math.nan))
+    return out
+
+
+def scaling_table(results: list[dict[str, Any]]) -> str:
+    lines = ["| compressor | at frames | peak − baseline MiB | ÷ reference's | MiB per added frame "
+             "(between the two largest) | ÷ reference's |", "|---|---|---|---|---|---|"]
+    for r in results:
+        peak = f"{_num(r['peak_delta_mb'])} vs {_num(r['reference_peak_delta_mb'])}"
+        slope = (f"{_num(r['slope_mb_per_frame'], 4)} vs {_num(r['reference_slope_mb_per_frame'], 4)} "
+                 f"({r['from_frames']}→{r['frames']})")
+        lines.append(f"| {r['compressor']} vs {r['reference']} | {r['frames']} | {peak} | {_num(r['peak_ratio'], 3)} "
+                     f"| {slope} | {_num(r['slope_ratio'], 3)} |")
+    return "\n".join(lines)
+
+
 def update_docs(path: Path, name: str, body: str) -> Path:
     """Replace the block between ``<!-- vlc-bench:NAME -->`` and ``<!-- /vlc-bench:NAME -->`` in
     ``path`` with ``body`` (appending a new section with the markers if there is none)."""
@@ -309,15 +362,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="a configs/model/ name: tiny | videoxl_7b_random (default tiny)")
     p.add_argument("--compressors", default=None,
-                   help="comma list of configs/compressor/ names, each optionally name:key=value[,key=value] "
-                        "separated by ';' when it has several keys (default: all but chain, plus vst:ratio=4)")
-    p.add_argument("--frames", default="16,32,64", help="frame counts (default 16,32,64)")
+                   help="comma-separated configs/compressor/ names, each optionally with overrides: "
+                        "vst:ratio=4, or vst:ratio=4;window=160 for several keys "
+                        "(default: every config but chain, plus vst:ratio=4)")
+    p.add_argument("--frames", default="16,64,256", help="frame counts (default 16,64,256)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--from-video", dest="from_video", action="store_true", default=True,
                    help="decode a generated mp4 of N frames, decoding included (default)")
     p.add_argument("--no-from-video", dest="from_video", action="store_false", help="random pixels, no decoding")
     p.add_argument("--frame-size", type=int, default=None, help="video side in px (default: the encoder's img_size)")
-    p.add_argument("--precision", default=None, help="32-true | bf16-mixed (default: 32-true on cpu, bf16-mixed on cuda)")
+    p.add_argument("--precision", default=None,
+                   help="32-true | bf16-mixed (default: 32-true on cpu, bf16-mixed on cuda)")
     p.add_argument("--repeats", type=int, default=1, help="measure each point this many times; report the median")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up sample")
     p.add_argument("--max-frames", action="store_true", help="find each compressor's largest frame count")
@@ -329,7 +384,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "torch's default on cuda)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a Hydra override of the composed config, e.g. --set model.encoder.img_size=64 (repeatable)")
-    p.add_argument("--cache", type=Path, default=None, help="where generated videos are kept (default <data_dir>/bench)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where generated videos are kept (default <data_dir>/bench)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default logs/bench/<time>)")
     p.add_argument("--update-docs", nargs="?", const=REPO_ROOT / "docs" / "benchmarks.md", default=None, type=Path,
                    metavar="PATH", help="write the table into docs/benchmarks.md (or PATH)")
@@ -344,8 +400,17 @@ def split_compressors(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """The command; returns the measured rows (also written to ``--out``)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    threads = torch.get_num_threads()
+    try:
+        return _bench(args, argv)
+    finally:
+        torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, Any]]:
     from vlc.evaluation.efficiency import device_name
     from vlc.run import CONFIG_DIR
 
@@ -365,8 +430,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = args.out or REPO_ROOT / "logs" / "bench" / stamp
     out.mkdir(parents=True, exist_ok=True)
     where = device_name(device)
-    if args.max_frames and device.type == "cpu" and mem_limit_mb:
-        limit_cpu_data(mem_limit_mb)
 
     rows: list[dict[str, Any]] = []
     maxima: list[dict[str, Any]] = []
@@ -382,13 +445,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         log.info("%s: built in %.1f s", spec, time.perf_counter() - t0)
 
         def run(n: int) -> dict[str, Any]:
-            video = haystack_video(cache, n, size) if args.from_video else None
+            # A list of sizes decodes every frame of an n-frame video; the max-frames search samples n
+            # frames uniformly from the next power-of-two video, so bisection probes reuse a few files.
+            length = 1 << (n - 1).bit_length() if args.max_frames else n
+            video = haystack_video(cache, length, size) if args.from_video else None
             reps = [measure(model, n, size, video, device, backend, precision, mem_limit_mb)
                     for _ in range(max(1, args.repeats))]
             row = {"model": args.model, "compressor": spec, "status": "ok", "device": where, **median_row(reps)}
-            log.info("%s %5d frames: %6d visual, %6d kv tokens, context %.0f ms, peak %.0f MiB (+%.0f)", spec, n,
-                     row["visual_tokens"], row["kv_tokens"], row["context_ms"], row["peak_mem_mb"], row["peak_delta_mb"])
+            log.info("%s %5d frames: %6d visual, %6d kv tokens, context %.0f ms, peak %.0f MiB (+%.0f)",
+                     spec, n, row["visual_tokens"], row["kv_tokens"], row["context_ms"], row["peak_mem_mb"],
+                     row["peak_delta_mb"])
             return row
+
+        def oom_row(n: int) -> dict[str, Any]:
+            return {"model": args.model, "compressor": spec, "frames": n, "status": "oom", "device": where}
 
         if args.warmup:  # first-call costs (allocator, kernels, lazy modules) are not the compressor's
             video = haystack_video(cache, min(frames), size) if args.from_video else None
@@ -406,10 +476,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     return True
                 except OutOfMemory as error:
                     log.info("%s %5d frames: out of memory (%s)", spec, n, error)
-                    rows.append({"model": args.model, "compressor": spec, "frames": n, "status": "oom", "device": where})
+                    rows.append(oom_row(n))
                     return False
 
-            best, first_oom = find_max_frames(fits, frames[0], args.frames_cap)
+            with cpu_data_limit(mem_limit_mb if device.type == "cpu" else None):
+                best, first_oom = find_max_frames(fits, frames[0], args.frames_cap)
             maxima.append(dict(compressor=spec, max_frames=best, first_oom=first_oom,
                                peak_mem_mb=fitted[best]["peak_mem_mb"] if best in fitted else None,
                                limit=f"{limit_gb:g} GB" if limit_gb else "device", device=where))
@@ -419,24 +490,30 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     rows.append(run(n))
                 except OutOfMemory as error:
                     log.info("%s %5d frames: out of memory (%s)", spec, n, error)
-                    rows.append({"model": args.model, "compressor": spec, "frames": n, "status": "oom", "device": where})
+                    rows.append(oom_row(n))
         del model
     seconds = time.perf_counter() - started
 
     write_csv(rows, out / "bench.csv")
     command = "vlc-bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown_table(rows)
-    body = [f"`{command.strip()}` — {args.model}, {'decoded from mp4' if args.from_video else 'random pixels'}, "
-            f"{precision}, measured {stamp[:10]} on {where} in {seconds:.0f} s.", "", table]
-    if maxima:
-        body += ["", max_frames_table(maxima)]
-        write_csv([{**m, "model": args.model} for m in maxima], out / "max_frames.csv")
+    header = (f"`{command.strip()}` — {args.model}, {'decoded from mp4' if args.from_video else 'random pixels'}, "
+              f"{precision}, measured {stamp[:10]} on {where} in {seconds:.0f} s.")
+    body = [header, "", markdown_table(rows)]
+    compared = scaling(rows)
+    if compared:  # how each compressor's memory scales against every token entering the LLM
+        body += ["", scaling_table(compared)]
+    if maxima:  # the docs get the summary; every probe stays in bench.md and bench.csv
+        with open(out / "max_frames.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(maxima[0]))
+            writer.writeheader()
+            writer.writerows(maxima)
+        body = [header, "", max_frames_table(maxima), "", "Every probe:", "", markdown_table(rows)]
     (out / "bench.md").write_text("\n".join(body) + "\n")
     log.info("%d measurements in %.0f s; wrote %s", len(rows), seconds, out)
     print("\n".join(body))
     if args.update_docs:
         name = args.table or f"{args.model}-{device.type}" + ("-max-frames" if args.max_frames else "")
-        update_docs(args.update_docs, name, "\n".join(body))
+        update_docs(args.update_docs, name, "\n".join(body if not maxima else body[:3]))
         log.info("updated %s (table %s)", args.update_docs, name)
     return rows
 

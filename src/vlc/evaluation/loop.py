@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+
+from vlc.evaluation.efficiency import measure_context
+from vlc.model.prefill import greedy_generate
 
 # Per-sample cost fields of a record (the names evaluate_batch returns).
 COST_KEYS = ("visual_tokens", "kv_tokens", "kv_bytes", "encoder_ms", "prefill_ms", "context_ms", "peak_mem_mb")
@@ -51,30 +55,54 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation and articles removed, spaces collapsed (SQuAD-style exact match)."""
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def generate_batch(model: Any, batch: dict) -> dict[str, Any]:
+    """Open-ended samples (no candidates, e.g. LLaVA-style JSON): the context is measured as
+    ``evaluate_batch`` measures it, then the answer is generated greedily from it; a prediction is
+    correct when it equals the reference after ``normalize_answer``."""
+    ctx, cost = measure_context(model, batch)
+    q = model.prompt.question_batch(batch["questions"], [None] * len(batch["ids"]))
+    ids = greedy_generate(model.llm, ctx, model.embed(q.ids), q.mask.to(model.device), model.max_new_tokens,
+                          model.tokenizer.eos_token_id)
+    texts = [t.strip() for t in model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    correct = [normalize_answer(t) == normalize_answer(a) for t, a in zip(texts, batch["answers"])]
+    return dict(texts=texts, correct=correct, **cost)
+
+
 @torch.no_grad()
 def predict(
     model: Any, loader: Iterable[dict], device: torch.device, precision: str | int = "32-true"
 ) -> list[dict[str, Any]]:
     """One record per sample: id, task, question, candidates, answer, prediction, correct, scores,
     meta, frames, and the cost fields of ``COST_KEYS`` (latencies are the batch's per-sample share;
-    ``peak_mem_mb`` / ``base_mem_mb`` are the batch's)."""
+    ``peak_mem_mb`` / ``base_mem_mb`` are the batch's). Multiple choice is scored by
+    ``VideoLLM.evaluate_batch``; samples without candidates by greedy generation (``generate_batch``)."""
     model.eval().to(device)
     records: list[dict[str, Any]] = []
     for batch in loader:
         batch = to_device(batch, device)
+        open_ended = any(c is None for c in batch["candidates"])
         with autocast(device, precision):
-            out = model.evaluate_batch(batch)
+            out = generate_batch(model, batch) if open_ended else model.evaluate_batch(batch)
         B = len(batch["ids"])
         frames = batch["frame_mask"].sum(1)
         for i in range(B):
             cands = batch["candidates"][i]
-            pred = int(out["pred"][i])
+            if open_ended:
+                answer = dict(prediction=out["texts"][i], correct=bool(out["correct"][i]), scores=[])
+            else:
+                pred = int(out["pred"][i])
+                answer = dict(prediction=cands[pred], pred_index=pred, correct=bool(pred == int(out["target"][i])),
+                              scores=[round(float(s), 4) for s in out["scores"][i][: len(cands)]])
             records.append(
                 dict(
                     id=batch["ids"][i], task=batch["tasks"][i] or "all", question=batch["questions"][i],
-                    candidates=cands, answer=batch["answers"][i], prediction=cands[pred], pred_index=pred,
-                    correct=bool(pred == int(out["target"][i])),
-                    scores=[round(float(s), 4) for s in out["scores"][i][: len(cands)]],
+                    candidates=cands, answer=batch["answers"][i], **answer,
                     meta=batch["meta"][i], frames=int(frames[i]), batch_size=B,
                     visual_tokens=int(out["visual_tokens"][i]), kv_tokens=int(out["kv_tokens"][i]),
                     kv_bytes=int(out["kv_bytes"][i]),

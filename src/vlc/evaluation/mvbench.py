@@ -58,7 +58,8 @@ def read_mvbench(
         if unknown:
             raise ValueError(f"data.include: unknown MVBench tasks {unknown}; the table has {names}")
         names = [t for t in names if t in include]
-    missing = [str(root / json_dir / tasks[t]["json"]) for t in names if not (root / json_dir / tasks[t]["json"]).is_file()]
+    files = {t: root / json_dir / tasks[t]["json"] for t in names}
+    missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise FileNotFoundError(
             f"MVBench annotation files missing: {missing}; restrict the run with data.include=[...] "
@@ -72,11 +73,12 @@ def read_mvbench(
             raise ValueError(f"data.tasks.{name}.kind={kind!r}; expected one of {KINDS}")
         folder = root / video_dir / spec["folder"]
         bound = bool(spec.get("bound", False))
-        for s in read_mc_json(root / json_dir / spec["json"], video_root=folder):
+        for s in read_mc_json(files[name], video_root=folder):
             meta = {**s.meta, "source": spec["folder"]}
             if kind == "frames":
                 meta["frames_fps"] = float(spec.get("frames_fps", 3.0))
-            samples.append(replace(s, task=name, meta=meta, start=s.start if bound else None, end=s.end if bound else None))
+            window = dict(start=s.start, end=s.end) if bound else dict(start=None, end=None)
+            samples.append(replace(s, task=name, meta=meta, **window))
     return samples
 
 
@@ -104,7 +106,7 @@ def read_frame_folder(
     for i in unique:
         try:
             with Image.open(os.path.join(path, names[i])) as image:
-                decoded.append(np.asarray(image.convert("RGB")))
+                decoded.append(np.array(image.convert("RGB")))  # a writable copy
         except OSError as error:
             raise VideoReadError(path, f"cannot read frame {names[i]} ({error})") from error
     frames = [torch.from_numpy(d) for d in decoded]  # (H, W, 3) uint8 each
@@ -125,7 +127,7 @@ class FrameFolderDataset(Dataset):
                  max_frames: int | None = None, frame_size: int | tuple[int, int] | None = None) -> None:
         self.samples = list(samples)
         self.num_frames, self.fps, self.max_frames = num_frames, fps, max_frames
-        self.size = (frame_size, frame_size) if isinstance(frame_size, int) else (tuple(frame_size) if frame_size else None)
+        self.size = (frame_size, frame_size) if isinstance(frame_size, int) else tuple(frame_size or ()) or None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -195,7 +197,8 @@ class MVBenchDataModule(L.LightningDataModule):
             if absent and self.video_args["on_error"] == "raise":
                 raise VideoReadError(absent[0].video, f"missing frame folder ({len(absent)} of {len(folders)} missing)")
             if absent:
-                log.warning("MVBench: skipping %d samples whose frame folder is missing, e.g. %s", len(absent), absent[0].video)
+                log.warning("MVBench: skipping %d samples whose frame folder is missing, e.g. %s",
+                            len(absent), absent[0].video)
             parts.append(FrameFolderDataset([s for s in folders if os.path.isdir(s.video)], **self.sampling,
                                             frame_size=self.frame_size))
         self.dataset = ConcatDataset(parts)

@@ -107,7 +107,7 @@ class PromptBuilder:
             question = f"{self.extra_instruction} {question}"
         text = self.question.format(question=question, options=options)
         if self.answer_style == "letter":
-            text += "Best option: ("
+            text += "Best option:("
         return text
 
     def answer_text(self, answer: str, candidates: list[str] | None) -> str:

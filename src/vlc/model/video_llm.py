@@ -257,10 +257,11 @@ class VideoLLM(L.LightningModule):
         acc = self.val_acc if stage == "val" else self.test_acc
         acc(out["pred"], out["target"])
         self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=True, batch_size=B)
+        # sync_dist: under DDP each rank sees its share of the split; the epoch value is the mean over all.
         for key in ("visual_tokens", "kv_tokens", "kv_bytes"):
-            self.log(f"{stage}/{key}", out[key].mean(), on_epoch=True, batch_size=B)
+            self.log(f"{stage}/{key}", out[key].mean(), on_epoch=True, batch_size=B, sync_dist=True)
         for key in ("encoder_ms", "prefill_ms", "context_ms", "peak_mem_mb"):
-            self.log(f"{stage}/{key}", float(out[key]), on_epoch=True, batch_size=B)
+            self.log(f"{stage}/{key}", float(out[key]), on_epoch=True, batch_size=B, sync_dist=True)
         for i in range(B):
             correct = bool(out["pred"][i] == out["target"][i])
             counts = self._task_counts[batch["tasks"][i] or "all"]
@@ -276,8 +277,21 @@ class VideoLLM(L.LightningModule):
             )
 
     def _eval_epoch_end(self, stage: str) -> None:
-        if len(self._task_counts) > 1:
-            for task, (right, total) in sorted(self._task_counts.items()):
+        counts = dict(self._task_counts)
+        if _distributed(self.trainer):  # every rank gets all ranks' counts and predictions
+            counts = defaultdict(lambda: [0, 0])
+            for rank_counts in _all_gather_objects(dict(self._task_counts)):
+                for task, (right, total) in rank_counts.items():
+                    counts[task][0] += right
+                    counts[task][1] += total
+            # DistributedSampler pads a split to a multiple of the world size by repeating samples: keep one of each.
+            seen = {}
+            for rank_predictions in _all_gather_objects(self.predictions):
+                for p in rank_predictions:
+                    seen.setdefault(p["id"], p)
+            self.predictions = list(seen.values())
+        if len(counts) > 1:
+            for task, (right, total) in sorted(counts.items()):
                 self.log(f"{stage}/acc_{task}", right / max(total, 1))
         self._task_counts.clear()
 
@@ -323,7 +337,7 @@ class VideoLLM(L.LightningModule):
         opt = torch.optim.AdamW(self.param_groups(), lr=float(cfg.get("lr", 1e-3)),
                                 weight_decay=float(cfg.get("weight_decay", 0.0)),
                                 betas=tuple(cfg.get("betas", (0.9, 0.999))))
-        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 0
+        total = self._trainer.estimated_stepping_batches if self._trainer is not None else 0
         total = int(total) if total and math.isfinite(total) else 0
         if cfg.get("warmup_ratio") is not None:  # Video-XL / LLaVA: warmup_ratio 0.03 of all steps
             warmup = int(math.ceil(float(cfg["warmup_ratio"]) * total))
@@ -341,6 +355,17 @@ class VideoLLM(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval="step"))
+
+
+def _distributed(trainer) -> bool:
+    return trainer is not None and trainer.world_size > 1 and torch.distributed.is_available() \
+        and torch.distributed.is_initialized()
+
+
+def _all_gather_objects(obj: Any) -> list[Any]:
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 @contextmanager
