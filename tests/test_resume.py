@@ -103,7 +103,8 @@ def test_epoch_order_is_a_function_of_seed_and_epoch_and_resumes_part_way(tmp_pa
     loader.sampler.set_epoch(1)
     epoch1 = [b.tolist() for b in loader]
     assert sorted(sum(epoch0, [])) == data and sorted(sum(epoch1, [])) == data and epoch0 != epoch1
-    assert epoch0 == [torch.randperm(10, generator=torch.Generator().manual_seed(7))[i:i + 3].tolist() for i in (0, 3, 6, 9)]
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()
+    assert epoch0 == [perm[i:i + 3] for i in (0, 3, 6, 9)]
 
     loader.sampler.set_epoch(0)
     it = iter(loader)

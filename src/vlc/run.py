@@ -88,7 +88,8 @@ def init_weights(model: VideoLLM, path: str) -> None:
     if mismatched:
         raise ValueError(f"init_from={path}: shapes differ for {mismatched[:5]} (a different model config?)")
     model.load_state_dict(matched, strict=False)
-    log.info("init_from %s: %d tensors loaded, %d kept from initialisation", file, len(matched), len(own) - len(matched))
+    log.info("init_from %s: %d tensors loaded, %d kept from initialisation",
+             file, len(matched), len(own) - len(matched))
 
 
 def _scalar(value: Any) -> Any:

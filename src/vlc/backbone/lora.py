@@ -44,7 +44,8 @@ def apply_lora(
             f"model.lora.target_modules: {missing} match no Linear layer of {type(llm).__name__} "
             f"(its Linear layers are named {sorted(names)})"
         )
-    config = peft.LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout), target_modules=list(target_modules))
+    config = peft.LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout),
+                             target_modules=list(target_modules))
     out = peft.inject_adapter_in_model(config, llm)
     assert out is llm  # in place: the HF model object is kept
     from peft.tuners.tuners_utils import cast_adapter_dtype

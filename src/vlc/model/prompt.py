@@ -30,7 +30,7 @@ class PromptBuilder:
 
     answer_style:  "text" — the answer is the option's text and options are scored by likelihood of
                    their text; "letter" — options are listed as "(A) …" and the answer is the letter,
-                   scored after "Best option: (" as MVBench does.
+                   scored after "Best option:(" as MVBench does.
     show_options:  list the candidates in the question (always on for "letter").
     time_markers:  insert ``time_format`` text before each kept frame's tokens (VideoLLaMA3/TimeMarker).
     extra_instruction: a sentence added to the question (e.g. NumPro's prompt).
