@@ -47,7 +47,7 @@ class VideoQADataset(Dataset):
     """Decodes one sample's clip per item.
 
     Items are dicts ``{"id", "frames" (T, 3, H, W) uint8, "times" (T,) float32 seconds,
-    "question", "answer", "candidates", "task", "meta"}``.
+    "question", "answer", "candidates", "task", "meta", "skipped"}``.
 
     ``on_error="raise"`` lets the ``VideoReadError`` (which names the file) through.
     ``on_error="skip"`` serves the next readable sample instead, logs a warning naming the file
