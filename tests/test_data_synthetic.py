@@ -39,7 +39,9 @@ def colored_pixels(frame: np.ndarray, color: str) -> int:
 
 
 def test_needle_one_coloured_frame_in_a_grey_haystack():
-    frames, question, candidates, answer, meta = make_video_frames("needle", sample_rng(0, "t", 0), 20, 32, depth=0.37)
+    frames, question, candidates, answer, meta = make_video_frames(
+        "needle", sample_rng(0, "t", 0), 20, 32, depth=0.37, shape_size=(1 / 3, 0.5)
+    )
     assert frames.shape == (20, 32, 32, 3) and frames.dtype == np.uint8
     assert question == "What color is the shape that appears briefly in the video?"
     assert meta["needle_index"] == int(20 * 0.37) == 7 and meta["event_indices"] == [7]
@@ -50,6 +52,14 @@ def test_needle_one_coloured_frame_in_a_grey_haystack():
     assert round(32 / 3) <= y1 - y0 == x1 - x0 <= 16
     filled = colored_pixels(frames[7], answer)
     assert filled == (y1 - y0) ** 2 if meta["shape"] == "square" else 0.6 * (y1 - y0) ** 2 < filled < (y1 - y0) ** 2
+
+
+def test_default_needle_is_a_full_frame_flash():
+    frames, _, _, answer, meta = make_video_frames("needle", sample_rng(0, "t", 0), 20, 32, depth=0.5)
+    assert meta["box"] == [0, 0, 32, 32] and meta["needle_index"] == 10
+    filled = colored_pixels(frames[10], answer)
+    assert filled == 32 * 32 if meta["shape"] == "square" else 0.75 * 32 * 32 < filled < 32 * 32
+    assert all(is_grey(frames[t]) for t in range(20) if t != 10)
 
 
 def test_needle_clip_and_last_depth():

@@ -39,7 +39,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 # Bumped whenever generation changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Eight well-separated hues that stay apart after yuv420p H.264 at 32×32 (tests check this).
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -55,10 +55,15 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 COLORS = tuple(PALETTE)
 SHAPES = ("square", "circle")
 TASKS = ("needle", "order", "count")
+# Event shapes span this fraction of the frame side (lo, hi). The default fills the frame: a brief
+# full-frame flash of colour, so each event frame is unmistakable on its own and the difficulty is
+# purely *finding* it among the haystack frames. Smaller shapes (e.g. [0.33, 0.5]) also test how
+# much spatial detail a compressor keeps, and take a tiny model from scratch far longer to learn.
+SHAPE_SIZE = (1.0, 1.0)
 TASK_PARAMS = {
-    "needle": {"needle_frames", "depth", "color"},
-    "order": {"needle_frames"},
-    "count": {"needle_frames", "count"},
+    "needle": {"needle_frames", "depth", "color", "shape_size"},
+    "order": {"needle_frames", "shape_size"},
+    "count": {"needle_frames", "count", "shape_size"},
 }
 
 QUESTIONS = {
@@ -105,16 +110,24 @@ def make_haystack(num_frames: int, size: int, rng: np.random.Generator) -> np.nd
 
 
 def draw_shape(
-    frame: np.ndarray, color: str, rng: np.random.Generator, shape: str | None = None
+    frame: np.ndarray,
+    color: str,
+    rng: np.random.Generator,
+    shape: str | None = None,
+    shape_size: tuple[float, float] = SHAPE_SIZE,
 ) -> dict[str, Any]:
-    """Draw a filled square or circle of side 1/3–1/2 of the frame, in place; return where."""
+    """Draw a filled square or circle whose side is a ``shape_size`` fraction of the frame, in place;
+    return where."""
     if color not in PALETTE:
         raise ValueError(f"unknown color {color!r}; expected one of {COLORS}")
     size = frame.shape[0]
     shape = shape or str(rng.choice(SHAPES))
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-    side = int(rng.integers(round(size / 3), size // 2 + 1))
+    lo, hi = (float(f) for f in shape_size)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"shape_size={list(shape_size)}, expected fractions 0 < lo <= hi <= 1 of the frame side")
+    side = int(rng.integers(max(1, round(size * lo)), max(1, round(size * hi)) + 1))
     y0 = int(rng.integers(0, size - side + 1))
     x0 = int(rng.integers(0, size - side + 1))
     box = [y0, x0, y0 + side, x0 + side]  # y0, x0, y1, x1
@@ -142,6 +155,7 @@ def make_needle_frames(
     rng: np.random.Generator,
     needle_frames: int = 1,
     shape: str | None = None,
+    shape_size: tuple[float, float] = SHAPE_SIZE,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A haystack with one coloured shape shown for ``needle_frames`` frames from int(N·depth).
 
@@ -154,7 +168,7 @@ def make_needle_frames(
         raise ValueError(f"needle_frames={needle_frames}, expected 1 … num_frames={num_frames}")
     frames = make_haystack(num_frames, size, rng)
     index = min(int(num_frames * depth), num_frames - needle_frames)
-    where = draw_shape(frames[index], color, rng, shape)
+    where = draw_shape(frames[index], color, rng, shape, shape_size)
     for t in range(index + 1, index + needle_frames):  # a short clip: the same shape, held still
         paint_shape(frames[t], color, where["shape"], where["box"])
     meta = {
@@ -186,12 +200,13 @@ def make_video_frames(
     if unknown:
         raise TypeError(f"synthetic task {task!r} got unknown parameters {sorted(unknown)}; allowed: {sorted(allowed)}")
     needle_frames = int(task_params.get("needle_frames", 1))
+    shape_size = tuple(task_params.get("shape_size") or SHAPE_SIZE)
 
     if task == "needle":
         depth = task_params.get("depth")
         depth = float(rng.uniform(0.0, 1.0)) if depth is None else float(depth)
         color = task_params.get("color") or str(rng.choice(COLORS))
-        frames, meta = make_needle_frames(num_frames, depth, color, size, rng, needle_frames)
+        frames, meta = make_needle_frames(num_frames, depth, color, size, rng, needle_frames, shape_size=shape_size)
         candidates = _candidates([color], rng)
         return frames, QUESTIONS["needle"], candidates, color, meta
 
@@ -208,7 +223,7 @@ def make_video_frames(
         frames = make_haystack(num_frames, size, rng)
         wheres = []
         for start, color in zip(starts, (first, second)):
-            where = draw_shape(frames[start], color, rng)
+            where = draw_shape(frames[start], color, rng, None, shape_size)
             for t in range(start + 1, start + needle_frames):
                 paint_shape(frames[t], color, where["shape"], where["box"])
             wheres.append(where)
@@ -236,7 +251,7 @@ def make_video_frames(
     indices = [int(s) + j for j, s in enumerate(slots)]
     frames = make_haystack(num_frames, size, rng)
     shape = str(rng.choice(SHAPES))
-    boxes = [draw_shape(frames[i], "red", rng, shape)["box"] for i in indices]
+    boxes = [draw_shape(frames[i], "red", rng, shape, shape_size)["box"] for i in indices]
     meta = {
         "length": num_frames,
         "count": count,
@@ -304,9 +319,10 @@ def synthetic_dir(
     num_val: int = 200,
     seed: int = 0,
     needle_frames: int = 1,
+    shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
 ) -> Path:
     """Where ``ensure_synthetic`` keeps the dataset with these parameters (whether made yet or not)."""
-    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames)
+    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size)
     return Path(root) / f"{task}-{_params_hash(params)}"
 
 
@@ -320,13 +336,14 @@ def ensure_synthetic(
     num_val: int = 200,
     seed: int = 0,
     needle_frames: int = 1,
+    shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
 ) -> Path:
     """Generate the dataset into ``root/<task>-<hash of params>/`` unless it is already there.
 
     The directory holds ``train.json`` and ``val.json`` (``read_mc_json`` format, video paths
     relative to the JSON), ``params.json`` and ``videos/<split>/<index>.mp4``.
     """
-    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames)
+    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size)
     final = Path(root) / f"{task}-{_params_hash(params)}"
     if final.is_dir():
         return final
@@ -337,7 +354,7 @@ def ensure_synthetic(
             for i in tqdm(range(count), desc=f"synthetic {task} {split}", unit="video"):
                 rng = sample_rng(seed, split, i)
                 frames, question, candidates, answer, meta = make_video_frames(
-                    task, rng, num_frames, frame_size, needle_frames=needle_frames
+                    task, rng, num_frames, frame_size, needle_frames=needle_frames, shape_size=tuple(shape_size)
                 )
                 rel = f"videos/{split}/{i:06d}.mp4"
                 write_mp4(tmp / rel, frames, fps)
@@ -359,6 +376,7 @@ def ensure_needle_grid(
     fps: float = 4.0,
     seed: int = 0,
     needle_frames: int = 1,
+    shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
 ) -> Path:
     """A needle-in-a-haystack grid: ``num_per_cell`` needle videos per (length, depth) cell.
 
@@ -380,6 +398,7 @@ def ensure_needle_grid(
         "fps": float(fps),
         "seed": int(seed),
         "needle_frames": int(needle_frames),
+        "shape_size": [float(f) for f in shape_size],
         "version": GENERATOR_VERSION,
     }
     final = Path(root) / f"niah-{_params_hash(params)}"
@@ -400,7 +419,8 @@ def ensure_needle_grid(
                     rng = sample_rng(seed, "grid", *cell, j)
                     color = COLORS[(offset + j) % len(COLORS)]
                     frames, question, candidates, answer, meta = make_video_frames(
-                        "needle", rng, length, size, depth=depth, color=color, needle_frames=needle_frames
+                        "needle", rng, length, size, depth=depth, color=color, needle_frames=needle_frames,
+                        shape_size=tuple(shape_size),
                     )
                     rel = f"videos/L{length}-d{di}/{j:04d}.mp4"
                     write_mp4(tmp / rel, frames, fps)
@@ -417,7 +437,7 @@ def ensure_needle_grid(
     return final / "grid.json"
 
 
-def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames) -> dict[str, Any]:
+def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"synthetic task={task!r}, expected one of {TASKS}")
     _check_size(int(frame_size))
@@ -436,6 +456,7 @@ def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, see
         "num_val": int(num_val),
         "seed": int(seed),
         "needle_frames": int(needle_frames),
+        "shape_size": [float(f) for f in shape_size],
         "version": GENERATOR_VERSION,
     }
 
