@@ -159,6 +159,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     extra["checkpoint"] = best
+    skipped = getattr(datamodule, "skipped", None)
+    if skipped is not None:  # videos replaced under data.on_error=skip: counted, never silent
+        extra["data/skipped"] = len(skipped)
+        extra["data/skipped_files"] = sorted(skipped)[:100]
     metrics = summarize(cfg, model, val_metrics, extra)
     if cfg.get("test") and getattr(datamodule, "has_test", False):
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)

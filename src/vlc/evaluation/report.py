@@ -306,9 +306,12 @@ def plot_pareto(ax: Any, summary: pd.DataFrame, cost_key: str, label: str) -> No
     fx, fy = x[front][order], y[front][order]
     ax.plot(fx, fy, "o", color="tab:red", markersize=7, label="Pareto-optimal")
     ax.step(fx, fy, where="post", color="tab:red", linewidth=1.2, alpha=0.8)
+    labels: dict[tuple[float, float], list[str]] = {}  # variants on the same point share one label
     for xi, yi, name in zip(x, y, data["variant"]):
-        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    if x.min() > 0 and x.max() / x.min() > 20:
+        labels.setdefault((xi, yi), []).append(str(name))
+    for (xi, yi), names in labels.items():
+        ax.annotate("\n".join(names), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, va="bottom")
+    if x.min() > 0 and x.max() / x.min() > 8:  # costs spread over an order of magnitude
         ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("accuracy (val/acc)")
