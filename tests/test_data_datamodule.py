@@ -172,7 +172,7 @@ def test_configs_instantiate(data_root):
     cfg = OmegaConf.merge(common, {"data": OmegaConf.load(CONFIGS / "synthetic.yaml")})
     assert OmegaConf.to_container(cfg.data.synthetic) == {
         "task": "needle", "num_frames": 32, "frame_size": 32, "fps": 4.0,
-        "num_train": 2000, "num_val": 200, "seed": 0, "needle_frames": 1,
+        "num_train": 2000, "num_val": 200, "seed": 0, "needle_frames": 1, "shape_size": [1.0, 1.0],
     }  # fmt: skip
     assert (cfg.data.batch_size, cfg.data.num_workers, cfg.data.seed) == (8, 0, 7)
     dm = hydra.utils.instantiate(cfg.data)

@@ -127,11 +127,11 @@ def test_mvbench_letter_scoring_end_to_end(mvbench_root, tmp_path):
     assert on_disk["val/acc"] == pytest.approx(acc) == metrics["val/acc"]
     for key in ("val/acc_action_sequence", "val/acc_object_shuffle", "val/prefill_ms_p90", "val/kv_bytes"):
         assert key in on_disk, key
-    # the letter prompt: options listed "(A) …", scored after "Best option: (" by the letters' likelihood
+    # the letter prompt: options listed "(A) …", scored after "Best option:(" by the letters' likelihood
     model = load_eval_model(cfg)
     assert model.prompt.candidate_texts(SHUFFLE[0]["candidates"]) == ["A", "B", "C"]
     question = model.prompt.question_text("Q?", ["x", "y"])
-    assert question.endswith("(A) x\n(B) y<|im_end|>\n<|im_start|>assistant\nBest option: (")
+    assert question.endswith("(A) x\n(B) y<|im_end|>\n<|im_start|>assistant\nBest option:(")
 
 
 def test_eval_prompt_applies_over_a_checkpoints_prompt(cfg_factory, tmp_path):

@@ -57,7 +57,8 @@ def test_notebook_runs_on_a_fake_sweep(tmp_path, monkeypatch):
     monkeypatch.delenv("VLC_NIAH_DIR", raising=False)
     monkeypatch.delenv("VLC_BENCH_CSV", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=150, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    run_in = {"metadata": {"path": str(NOTEBOOK.parent)}}  # the kernel's working directory
+    NotebookClient(nb, timeout=150, kernel_name="python3", resources=run_in).execute()
 
     text = _text(nb)
     assert "11 runs, 9 ok, 6 variants" in text

@@ -15,9 +15,17 @@ from conftest import TINY_DATA
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
+def _offline(experiment: str) -> list[str]:
+    """Experiments for real models (hub weights, GPUs) run here on the tiny backbone and the CPU."""
+    text = (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text()
+    parents = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ") and "/" not in line]
+    real = "override /model:" in text or any(_offline(p) for p in parents if p in EXPERIMENTS)
+    return ["model=tiny", "model.llm.dtype=float32", "trainer=cpu", "trainer.accumulate_grad_batches=1"] if real else []
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_one_batch(cfg_factory, experiment):
-    cfg = cfg_factory([f"experiment={experiment}", "debug=fdr", *TINY_DATA])
+    cfg = cfg_factory([f"experiment={experiment}", "debug=fdr", *TINY_DATA, *_offline(experiment)])
     out = train(cfg)
     assert out["fast_dev_run"] is True
 

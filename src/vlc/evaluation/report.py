@@ -107,12 +107,14 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     if metrics is not None and metrics.get("fast_dev_run"):
         metrics = None  # a debug run: no evaluation happened
     failed = ended.get("status") == "FAILED" or metrics is None
-    error = ended.get("error") or ("" if metrics is not None else "no metrics.json (the job crashed, was killed, or is running)")
+    error = ended.get("error") or ("" if metrics is not None else
+                                   "no metrics.json (the job crashed, was killed, or is running)")
     row: dict[str, Any] = {
         "status": "failed" if failed else "ok",
         "error": error if failed else "",
         "seed": (metrics or {}).get("seed", config.get("seed", _seed_override(overrides))),
         "overrides": " ".join(overrides),
+        "_overrides": overrides,  # the list itself: an override may hold spaces
     }
     for key, value in (metrics or {}).items():
         if key in DROPPED or key in row:
@@ -142,7 +144,8 @@ def variant_names(overrides: list[list[str]], fallback: list[str]) -> list[str]:
         if len(varying) == 1:
             names.append(job.get(varying[0]) or default)
         elif varying:
-            names.append(",".join(f"{label}={_short(job[k])}" for k, label in zip(varying, labels) if k in job) or default)
+            pairs = [f"{label}={_short(job[k])}" for k, label in zip(varying, labels) if k in job]
+            names.append(",".join(pairs) or default)
         else:  # one job, or jobs that differ only by seed: the experiment or compressor chosen, if any
             named = [job[k] for k in VARIANT_KEYS if k in job]
             names.append(named[-1] if named else default)
@@ -166,12 +169,13 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"vlc-report: {sweep_dir} is not a folder")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise FileNotFoundError(f"vlc-report: no runs under {sweep_dir} (expected job folders with .hydra/ or metrics.json)")
+        raise FileNotFoundError(
+            f"vlc-report: no runs under {sweep_dir} (expected job folders with .hydra/ or metrics.json)")
     rows = []
     for job in jobs:
         rel = job.relative_to(sweep_dir).as_posix()
         rows.append({"run": rel if rel != "." else job.name, **read_job(job)})
-    overrides = [r["overrides"].split(" ") if r["overrides"] else [] for r in rows]
+    overrides = [r.pop("_overrides") for r in rows]
     fallback = [r.get("compressor") or r["run"] for r in rows]
     for row, name in zip(rows, variant_names(overrides, fallback)):
         row["variant"] = name
@@ -240,11 +244,13 @@ def _budget(sweep_dir: Path, runs: pd.DataFrame) -> str:
         cfg = _read_yaml(sweep_dir / run / ".hydra" / "config.yaml")
         if not cfg:
             continue
-        data, trainer, synth = cfg.get("data") or {}, cfg.get("trainer") or {}, (cfg.get("data") or {}).get("synthetic") or {}
+        data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+        synth = data.get("synthetic") or {}
         parts = [f"{trainer.get('max_steps')} steps × batch {data.get('batch_size')}",
                  f"{data.get('num_frames')} frames per video"]
         if data.get("source") == "synthetic" and synth:
-            parts.append(f"synthetic {synth.get('task')}: {synth.get('num_train')} train / {synth.get('num_val')} val videos")
+            parts.append(f"synthetic {synth.get('task')}: "
+                         f"{synth.get('num_train')} train / {synth.get('num_val')} val videos")
         return ", ".join(parts)
     return ""
 
@@ -252,7 +258,8 @@ def _budget(sweep_dir: Path, runs: pd.DataFrame) -> str:
 def markdown_table(summary: pd.DataFrame) -> str:
     fronts = [short for _, _, _, short in PARETO_COSTS if "pareto_" + short in summary]
     header = ["variant", "compressor", "runs ok", *[h for k, h, _, _ in SUMMARY_COLUMNS if k in summary], "Pareto"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * (len(header) - 4) + ["---"]) + "|"]
+    align = ["---"] * 3 + ["--:"] * (len(header) - 4) + ["---"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for _, row in summary.iterrows():
         cells = [str(row["variant"]), str(row["compressor"]), f"{row['ok']}/{row['runs']}"]
         for key, _, fmt, scale in SUMMARY_COLUMNS:
@@ -268,11 +275,13 @@ def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title:
     n_ok = int((runs["status"] == "ok").sum())
     lines = [f"# {title}", ""]
     lines.append(f"{len(runs)} runs ({n_ok} ok, {len(runs) - n_ok} failed), {len(summary)} variants, "
-                 f"seeds {', '.join(map(str, seeds)) or '–'}. Mean ± std over the seeds' ok runs (no ± with one run).")
+                 f"seeds {', '.join(map(str, seeds)) or '–'}. "
+                 "Mean ± std over the seeds' ok runs (no ± with one run).")
     if budget:
         lines.append(f"Budget of every run: {budget}.")
     if "train_steps" in runs:
-        steps = sorted(set(pd.to_numeric(runs.loc[runs["status"] == "ok", "train_steps"], errors="coerce").dropna().astype(int)))
+        ok_steps = pd.to_numeric(runs.loc[runs["status"] == "ok", "train_steps"], errors="coerce")
+        steps = sorted(set(ok_steps.dropna().astype(int)))
         if len(steps) > 1:
             lines.append(f"**Warning: the runs trained for different numbers of steps ({steps}); not one budget.**")
     lines += ["", "Accuracy: `val/acc` (4-way multiple choice, chance 0.25 on the synthetic tasks). Cost per "
