@@ -62,7 +62,16 @@ def check_config_or_exit(cfg: DictConfig) -> None:
         check_config(cfg)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        if _in_multirun():
+            raise  # a sweep records this job as failed and goes on with the others
         raise SystemExit(2) from None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def check_config(cfg: DictConfig) -> None:
