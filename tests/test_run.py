@@ -63,3 +63,16 @@ def test_same_seed_same_metrics(cfg_factory, tmp_path):
         assert a[key] == b[key], key
     preds_a = (tmp_path / "a" / "predictions.jsonl").read_text()
     assert preds_a == (tmp_path / "b" / "predictions.jsonl").read_text()
+
+
+def test_vst_uncompressed_phase_switches_inside_a_run(cfg_factory):
+    """The model calls vst's step hook: with uncompressed_steps=2 the beacons are copied at step 2,
+    and the checkpoint after step 3 records it (so a resume does not copy again)."""
+    import torch
+
+    cfg = cfg_factory(["experiment=vst_ratio16", "compressor.uncompressed_steps=2", *SHORT_RUN])
+    train(cfg)
+    file = Path(cfg.paths.output_dir, "checkpoints", "step_000003.ckpt")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    assert int(state["state_dict"]["compressor.beacons_copied_at"]) == 2

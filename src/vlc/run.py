@@ -90,6 +90,13 @@ def init_weights(model: VideoLLM, path: str) -> None:
     model.load_state_dict(matched, strict=False)
     log.info("init_from %s: %d tensors loaded, %d kept from initialisation",
              file, len(matched), len(own) - len(matched))
+    # A compressor that derives its parameters from the LLM (vst copies q/k/v and the eos embedding,
+    # as Video-XL copies them from the pretrained model) re-derives them from the *loaded* LLM when
+    # the checkpoint has none of its own.
+    attach = getattr(model.compressor, "attach", None)
+    if attach is not None and not any(k.startswith("compressor.") for k in matched):
+        attach(model.llm, model.tokenizer)
+        log.info("init_from: %s parameters re-derived from the loaded LLM", type(model.compressor).__name__)
 
 
 def _scalar(value: Any) -> Any:

@@ -88,3 +88,13 @@ def iter_cache_layers(cache: Any):
     else:  # legacy tuple of tuples
         for keys, values in cache:
             yield keys, values
+
+
+def format_seconds(t: float) -> str:
+    """Seconds as the answer text writes them: one decimal, a second only where needed.
+
+    4 fps (the default) puts frames at quarter seconds, which one decimal cannot write exactly
+    (``f"{0.25:.1f}"`` is ``"0.2"``), so 0.25 → ``"0.25"`` while 2.5 → ``"2.5"`` and 4 → ``"4.0"``.
+    """
+    text = f"{float(t):.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text

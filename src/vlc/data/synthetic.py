@@ -1,7 +1,7 @@
 """The built-in synthetic benchmark: real H.264 videos plus multiple-choice JSON.
 
-Three task families after VNBench, each a question whose answer lives in a few frames of a long,
-uninformative "haystack":
+Three task families after VNBench, plus a temporal grounding one, each a question whose answer
+lives in a few frames of a long, uninformative "haystack":
 
 - **needle**: one frame (or a short clip, ``needle_frames``) shows a large, clearly coloured shape;
   "What color is the shape that appears briefly in the video?"
@@ -9,6 +9,11 @@ uninformative "haystack":
   "Which color appeared first?"
 - **count**: a red shape flashes k ∈ {1, 2, 3, 4} times in non-adjacent frames;
   "How many times does the red shape appear?"
+- **ground**: a red circle is shown during one contiguous span of 2 … num_frames//4 frames;
+  "When does the red circle appear?", answered by the span in seconds, ``"2.5-4.0"`` (start = the
+  first red frame's timestamp, end = the timestamp just after the last). The other 3 candidates
+  are spans of the same length at other positions, so it is scored as multiple choice like the
+  others, and ``meta["span"]`` holds the true span as numbers for ``vlc.evaluation.grounding``.
 
 The haystack is grey on purpose: textured noise and slowly drifting grey blobs, no colour
 anywhere, so no frame but the event frames says anything about the answer, and a model (or a
@@ -36,6 +41,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from vlc.tokens import format_seconds
+
 log = logging.getLogger(__name__)
 
 # Bumped whenever generation changes, so caches made by older code are not reused.
@@ -54,7 +61,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLORS = tuple(PALETTE)
 SHAPES = ("square", "circle")
-TASKS = ("needle", "order", "count")
+TASKS = ("needle", "order", "count", "ground")
 # Event shapes span this fraction of the frame side (lo, hi). The default fills the frame: a brief
 # full-frame flash of colour, so each event frame is unmistakable on its own and the difficulty is
 # purely *finding* it among the haystack frames. Smaller shapes (e.g. [0.33, 0.5]) also test how
@@ -64,14 +71,19 @@ TASK_PARAMS = {
     "needle": {"needle_frames", "depth", "color", "shape_size"},
     "order": {"needle_frames", "shape_size"},
     "count": {"needle_frames", "count", "shape_size"},
+    # needle_frames is accepted (ensure_synthetic passes it to every task) but unused: the span's
+    # length is drawn per sample, or fixed by span_frames.
+    "ground": {"needle_frames", "span_frames", "start", "shape_size"},
 }
 
 QUESTIONS = {
     "needle": "What color is the shape that appears briefly in the video?",
     "order": "Which color appeared first?",
     "count": "How many times does the red shape appear?",
+    "ground": "When does the red circle appear?",
 }
 COUNT_CHOICES = ["1", "2", "3", "4"]
+GROUND_MIN_SPAN = 2  # frames: a single red frame would make grounding the needle task again
 
 # Low CRF: at 32×32 the chroma planes are 16×16, and the default CRF 23 washes colours out.
 CRF = 10
@@ -183,15 +195,90 @@ def make_needle_frames(
     return frames, meta
 
 
+def format_span(start: float, end: float) -> str:
+    """A span in seconds as the ground task's answer text, ``"2.5-4.0"``; read back by
+    ``vlc.evaluation.grounding.parse_span``."""
+    return f"{format_seconds(start)}-{format_seconds(end)}"
+
+
+def make_ground_frames(
+    num_frames: int,
+    size: int,
+    rng: np.random.Generator,
+    fps: float = 4.0,
+    span_frames: int | None = None,
+    start: int | None = None,
+    shape_size: tuple[float, float] = SHAPE_SIZE,
+) -> tuple[np.ndarray, list[str], str, dict[str, Any]]:
+    """A haystack with a red circle held still on frames ``start … start + span_frames - 1``.
+
+    ``span_frames`` defaults to uniform over 2 … max(2, num_frames // 4) and ``start`` to uniform
+    over the positions where the span fits. Returns ``(frames, candidates, answer, meta)``: the
+    answer is ``format_span`` of ``meta["span"] = [start / fps, (start + span_frames) / fps]``, and
+    the other 3 candidates are spans of the same length at other starts, so the options differ
+    only in *where* the span is and a model must locate it rather than measure its length.
+    """
+    if not float(fps) > 0:
+        raise ValueError(f"ground task: fps={fps}, expected > 0")
+    if span_frames is None:
+        span_frames = int(rng.integers(GROUND_MIN_SPAN, max(GROUND_MIN_SPAN, num_frames // 4) + 1))
+    span_frames = int(span_frames)
+    positions = num_frames - span_frames + 1  # starts where the span fits
+    if span_frames < 1 or positions < 4:
+        raise ValueError(
+            f"ground task: span_frames={span_frames} in num_frames={num_frames} leaves {max(positions, 0)} "
+            f"span positions; need >= 4 (the answer and 3 distractors), e.g. num_frames >= {span_frames + 3}"
+        )
+    start = int(rng.integers(positions)) if start is None else int(start)
+    if not 0 <= start < positions:
+        raise ValueError(
+            f"ground task: start={start}, expected 0 … {positions - 1} for a span of {span_frames} frames"
+        )
+
+    def span(s: int) -> list[float]:
+        return [round(s / fps, 6), round((s + span_frames) / fps, 6)]
+
+    answer = format_span(*span(start))
+    # Distractor starts in random order, skipping any whose text matches one already taken (only
+    # possible at very high fps, where two frames round to the same hundredth of a second).
+    picked = [answer]
+    for other in rng.permutation(positions):
+        text = format_span(*span(int(other)))
+        if text not in picked:
+            picked.append(text)
+        if len(picked) == 4:
+            break
+    if len(picked) < 4:
+        raise ValueError(f"ground task: fewer than 4 distinct span texts at fps={fps}; lower data.synthetic.fps")
+    candidates = [picked[i] for i in rng.permutation(4)]
+
+    frames = make_haystack(num_frames, size, rng)
+    where = draw_shape(frames[start], "red", rng, "circle", shape_size)
+    for t in range(start + 1, start + span_frames):  # the same circle, held still
+        paint_shape(frames[t], "red", where["shape"], where["box"])
+    meta = {
+        "length": num_frames,
+        "span": span(start),
+        "span_frames": span_frames,
+        "start_index": start,
+        "color": "red",
+        **where,
+        "event_indices": list(range(start, start + span_frames)),
+    }
+    return frames, candidates, answer, meta
+
+
 def make_video_frames(
-    task: str, rng: np.random.Generator, num_frames: int, size: int, **task_params: Any
+    task: str, rng: np.random.Generator, num_frames: int, size: int, fps: float = 4.0, **task_params: Any
 ) -> tuple[np.ndarray, str, list[str], str, dict[str, Any]]:
     """One sample of ``task``: ``(frames (T, S, S, 3) uint8, question, candidates, answer, meta)``.
 
-    task_params: ``needle_frames`` (all tasks but count: frames each event lasts), and
+    task_params: ``needle_frames`` (needle and order: frames each event lasts), and
     needle: ``depth`` (default uniform in [0, 1)), ``color`` (default uniform over the palette);
-    count: ``count`` (default uniform over 1…4). ``meta["event_indices"]`` lists the frames
-    holding the answer, for every task.
+    count: ``count`` (default uniform over 1…4); ground: ``span_frames``, ``start`` (see
+    ``make_ground_frames``). ``fps`` is the rate the video will be written at: only ground uses it,
+    for the seconds in its answer. ``meta["event_indices"]`` lists the frames holding the answer,
+    for every task.
     """
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {TASKS}")
@@ -238,6 +325,12 @@ def make_video_frames(
         }
         candidates = _candidates([first, second], rng)
         return frames, QUESTIONS["order"], candidates, first, meta
+
+    if task == "ground":
+        frames, candidates, answer, meta = make_ground_frames(
+            num_frames, size, rng, fps, task_params.get("span_frames"), task_params.get("start"), shape_size
+        )
+        return frames, QUESTIONS["ground"], candidates, answer, meta
 
     # count: single-frame flashes, never adjacent, so two flashes never read as one long one.
     count = task_params.get("count")
@@ -354,7 +447,7 @@ def ensure_synthetic(
             for i in tqdm(range(count), desc=f"synthetic {task} {split}", unit="video"):
                 rng = sample_rng(seed, split, i)
                 frames, question, candidates, answer, meta = make_video_frames(
-                    task, rng, num_frames, frame_size, needle_frames=needle_frames, shape_size=tuple(shape_size)
+                    task, rng, num_frames, frame_size, fps, needle_frames=needle_frames, shape_size=tuple(shape_size)
                 )
                 rel = f"videos/{split}/{i:06d}.mp4"
                 write_mp4(tmp / rel, frames, fps)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vlc.tokens import FrameTokens
+from vlc.tokens import FrameTokens, format_seconds
 
 LETTERS = string.ascii_uppercase
 
@@ -33,6 +33,9 @@ class PromptBuilder:
                    scored after "Best option:(" as MVBench does.
     show_options:  list the candidates in the question (always on for "letter").
     time_markers:  insert ``time_format`` text before each kept frame's tokens (VideoLLaMA3/TimeMarker).
+    time_format:   ``{t}`` is the time in seconds (a float, e.g. ``{t:.1f}``); ``{s}`` is the same time
+                   written as the grounding task's answers write it (one decimal, two where needed:
+                   4 fps puts frames at 0.25 s, which ``{t:.1f}`` would print as "0.2").
     extra_instruction: a sentence added to the question (e.g. NumPro's prompt).
     """
 
@@ -45,7 +48,7 @@ class PromptBuilder:
         answer_style: str = "text",
         show_options: bool = True,
         time_markers: bool = False,
-        time_format: str = "Time {t:.1f}s:",
+        time_format: str = "Time {s}s:",
         extra_instruction: str = "",
     ) -> None:
         if answer_style not in ("text", "letter"):
@@ -65,7 +68,7 @@ class PromptBuilder:
         return self.encode(self.prefix)
 
     def marker_ids(self, t: float) -> list[int]:
-        text = self.time_format.format(t=t)
+        text = self.time_format.format(t=t, s=format_seconds(t))
         if text not in self._marker_cache:
             self._marker_cache[text] = self.encode(text)
         return self._marker_cache[text]

@@ -25,6 +25,7 @@ from vlc.backbone.projector import MLPProjector
 from vlc.backbone.tokenizer import load_tokenizer
 from vlc.compressors import build_compressor
 from vlc.evaluation.efficiency import Stopwatch, measure_context
+from vlc.evaluation.grounding import GROUND_TASK, TemporalGroundingIoU, parse_span, span_iou
 from vlc.model.prefill import (
     answer_loss,
     continue_from,
@@ -205,6 +206,11 @@ class VideoLLM(L.LightningModule):
         ).logits  # (B, Lt, V): the text positions only
         return answer_loss(logits, text.labels.to(self.device))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        hook = getattr(self.compressor, "on_train_step", None)  # e.g. vst's uncompressed warm-up phase
+        if hook is not None:
+            hook(self.global_step, self.llm)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
@@ -251,9 +257,45 @@ class VideoLLM(L.LightningModule):
         target = torch.tensor([c.index(a) for c, a in zip(batch["candidates"], batch["answers"])], device=self.device)
         return dict(pred=pred, target=target, scores=scores, **cost)
 
+    def _grounding_metric(self, stage: str) -> TemporalGroundingIoU:
+        """The stage's span metric, made on first use. It is kept out of the module tree (a plain
+        dict): it has no parameters, only epoch-long sums, so checkpoints and models that never see
+        grounding data are unchanged by it."""
+        if not hasattr(self, "_grounding_metrics"):
+            self._grounding_metrics: dict[str, TemporalGroundingIoU] = {}
+        if stage not in self._grounding_metrics:
+            self._grounding_metrics[stage] = TemporalGroundingIoU()
+        return self._grounding_metrics[stage].to(self.device)
+
+    def _ground_step(self, batch: dict, stage: str) -> dict[int, dict[str, Any]]:
+        """Greedy answers for the batch's grounding samples (task ``ground``), read as spans and scored
+        against ``meta["span"]``; returns their extra prediction fields by sample index. Samples of
+        other tasks are not generated for, so they cost nothing more than before."""
+        rows = [i for i, task in enumerate(batch["tasks"]) if task == GROUND_TASK]
+        if not rows:
+            return {}
+        targets = []
+        for i in rows:
+            span = (batch["meta"][i] or {}).get("span") if "meta" in batch else None
+            if not isinstance(span, (list, tuple)) or len(span) != 2:
+                raise ValueError(
+                    f"sample {batch['ids'][i]!r} has task {GROUND_TASK!r} but meta['span']={span!r}; "
+                    f"expected [start, end] in seconds (vlc.data.synthetic.make_ground_frames writes it)"
+                )
+            targets.append([float(x) for x in span])
+        texts = [t.strip() for t in self.generate(batch if len(rows) == len(batch["ids"]) else _select(batch, rows))]
+        spans = [parse_span(t) for t in texts]
+        pred = torch.tensor([s or (math.nan, math.nan) for s in spans], dtype=torch.float32, device=self.device)
+        target = torch.tensor(targets, dtype=torch.float32, device=self.device)
+        self._grounding_metric(stage).update(pred, target)
+        ious = span_iou(pred, target).tolist()
+        return {i: dict(generated=text, pred_span=list(span) if span else None, iou=round(iou, 4))
+                for i, text, span, iou in zip(rows, texts, spans, ious)}
+
     def _eval_step(self, batch: dict, stage: str) -> None:
         out = self.evaluate_batch(batch)
         B = len(batch["ids"])
+        grounded = self._ground_step(batch, stage)
         acc = self.val_acc if stage == "val" else self.test_acc
         acc(out["pred"], out["target"])
         self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=True, batch_size=B)
@@ -273,7 +315,8 @@ class VideoLLM(L.LightningModule):
                      prediction=batch["candidates"][i][int(out["pred"][i])], correct=correct,
                      scores=[round(float(s), 4) for s in out["scores"][i][: len(batch["candidates"][i])]],
                      meta=batch["meta"][i] if "meta" in batch else {},
-                     visual_tokens=int(out["visual_tokens"][i]), kv_tokens=int(out["kv_tokens"][i]))
+                     visual_tokens=int(out["visual_tokens"][i]), kv_tokens=int(out["kv_tokens"][i]),
+                     **grounded.get(i, {}))
             )
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -293,6 +336,12 @@ class VideoLLM(L.LightningModule):
         if len(counts) > 1:
             for task, (right, total) in sorted(counts.items()):
                 self.log(f"{stage}/acc_{task}", right / max(total, 1))
+        # counts are every rank's by now, so all ranks agree on this test: compute() syncs across ranks.
+        if counts.get(GROUND_TASK):
+            metric = self._grounding_metric(stage)
+            for key, value in metric.compute().items():
+                self.log(f"{stage}/{'span_invalid' if key == 'invalid' else key}", float(value))
+            metric.reset()
         self._task_counts.clear()
 
     def on_validation_epoch_start(self) -> None:
@@ -365,6 +414,20 @@ def _distributed(trainer) -> bool:
 def _all_gather_objects(obj: Any) -> list[Any]:
     out = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _select(batch: dict, rows: list[int]) -> dict:
+    """Samples ``rows`` of a collated batch: per-sample tensors and lists are indexed, the rest kept."""
+    B = len(batch["ids"])
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] == B:
+            out[key] = value[torch.tensor(rows, device=value.device)]
+        elif isinstance(value, list) and len(value) == B and key != "skipped":  # skipped: not per sample
+            out[key] = [value[i] for i in rows]
+        else:
+            out[key] = value
     return out
 
 
