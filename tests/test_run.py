@@ -65,14 +65,39 @@ def test_same_seed_same_metrics(cfg_factory, tmp_path):
     assert preds_a == (tmp_path / "b" / "predictions.jsonl").read_text()
 
 
-def test_vst_uncompressed_phase_switches_inside_a_run(cfg_factory):
-    """The model calls vst's step hook: with uncompressed_steps=2 the beacons are copied at step 2,
-    and the checkpoint after step 3 records it (so a resume does not copy again)."""
+def test_uncompressed_phase_bypasses_the_compressor_then_starts_it(cfg_factory, monkeypatch):
+    """compressor.uncompressed_steps=2: training steps 0-1 run the plain model (vst: no beacons in
+    the cache; the step-2 hook re-copies the beacons once), validation always compresses, and the
+    checkpoint after step 3 records the switch so a resumed run does not copy again."""
     import torch
 
+    from vlc.compressors.vst import VisualSummarizationTokens
+    from vlc.model.video_llm import VideoLLM
+
+    seen: list[tuple[int, bool, int]] = []  # (global step, training, KV length) per context built
+    copies: list[int] = []
+    real_encode = VideoLLM.encode_context
+
+    def encode(self, batch, watch=None):
+        ctx = real_encode(self, batch, watch)
+        seen.append((self.global_step, self.training, int(torch.as_tensor(ctx.length).max())))
+        return ctx
+
+    real_start = VisualSummarizationTokens.on_compression_start
+
+    def start(self, llm, tokenizer=None):
+        copies.append(1)
+        return real_start(self, llm, tokenizer)
+
+    monkeypatch.setattr(VideoLLM, "encode_context", encode)
+    monkeypatch.setattr(VisualSummarizationTokens, "on_compression_start", start)
     cfg = cfg_factory(["experiment=vst_ratio16", "compressor.uncompressed_steps=2", *SHORT_RUN])
     train(cfg)
+    train_lengths = {step: n for step, training, n in seen if training}
+    val_lengths = {n for _, training, n in seen if not training}
+    raw = max(train_lengths[0], train_lengths[1])
+    assert train_lengths[2] < raw and all(n < raw for n in val_lengths)  # beacons from step 2, and at validation
+    assert len(copies) == 1
     file = Path(cfg.paths.output_dir, "checkpoints", "step_000003.ckpt")
     state = torch.load(file, map_location="cpu", weights_only=False)
-    assert state["global_step"] == 3
-    assert int(state["state_dict"]["compressor.beacons_copied_at"]) == 2
+    assert state["global_step"] == 3 and int(state["state_dict"]["compression_started_at"]) == 2

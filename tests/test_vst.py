@@ -384,50 +384,24 @@ def test_flash_attention_matches_sdpa():
         assert torch.allclose(ks.float(), kf.float(), atol=3e-2) and torch.allclose(vs.float(), vf.float(), atol=3e-2)
 
 
-def test_uncompressed_phase_then_beacons_recopied_from_the_trained_llm():
-    """uncompressed_steps=N: training steps < N keep all raw KV (the plain model); at step N the
-    beacons are re-copied, in place, from the LLM as it is then; once only; eval always compresses."""
+def test_compression_start_recopies_beacons_from_the_trained_llm_in_place():
+    """After an uncompressed phase the LLM has trained on; the beacons are re-copied from it, into
+    the same tensors (the optimizer holds them), and the cache then holds beacons only."""
     llm = tiny_llm()
-    vst = make_vst(llm, window=8, ratio=4, ratios=(4,), uncompressed_steps=3).train()
-    S, N = 2, 16
-    sink, vis = torch.randn(1, S, D), torch.randn(1, N, D)
+    vst = make_vst(llm, window=8, ratio=4, ratios=(4,))
     params_before = [p.data_ptr() for p in vst.parameters()]
-
-    vst.on_train_step(0, llm)
     with torch.no_grad():
-        ctx = vst.prefill(llm, sink, torch.ones(1, S), chunks(vis))
-    assert ctx.length == S + N and [w[1] for w in vst.last_windows] == [0, 0]  # no beacons yet
-    vst.eval()
-    with torch.no_grad():
-        ctx = vst.prefill(llm, sink, torch.ones(1, S), chunks(vis))
-    assert ctx.length == S + N // 4  # evaluation compresses inside the phase too
-    vst.train()
-
-    with torch.no_grad():  # the LLM trains during the phase; the beacons do not follow yet
         for p in llm.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    q0 = llm.model.layers[0].self_attn.q_proj
-    vst.on_train_step(2, llm)
-    assert not torch.equal(vst.beacon_q[0].weight, q0.weight) and int(vst.beacons_copied_at) == -1
-
-    vst.on_train_step(3, llm)
-    assert int(vst.beacons_copied_at) == 3
+    assert not torch.equal(vst.beacon_q[0].weight, llm.model.layers[0].self_attn.q_proj.weight)
+    vst.on_compression_start(llm)  # no tokenizer: the eos id attach() used
     for layer, bq, bk, bv in zip(llm.model.layers, vst.beacon_q, vst.beacon_k, vst.beacon_v):
         for base, copy in ((layer.self_attn.q_proj, bq), (layer.self_attn.k_proj, bk), (layer.self_attn.v_proj, bv)):
             assert torch.equal(base.weight, copy.weight) and torch.equal(base.bias, copy.bias)
+            assert copy.weight.data_ptr() != base.weight.data_ptr()
     assert torch.equal(vst.beacon_embed, llm.get_input_embeddings().weight[EOS])
-    assert [p.data_ptr() for p in vst.parameters()] == params_before  # same tensors: the optimizer keeps them
+    assert [p.data_ptr() for p in vst.parameters()] == params_before
+    S, N = 2, 16
     with torch.no_grad():
-        ctx = vst.prefill(llm, sink, torch.ones(1, S), chunks(vis))
+        ctx = vst.prefill(llm, torch.randn(1, S, D), torch.ones(1, S), chunks(torch.randn(1, N, D)))
     assert ctx.length == S + N // 4
-
-    with torch.no_grad():  # later steps never copy again (the beacons now train on their own)
-        vst.beacon_q[0].weight.add_(1.0)
-    vst.on_train_step(4, llm)
-    assert not torch.equal(vst.beacon_q[0].weight, q0.weight)
-
-    # A resumed run restores beacons_copied_at from the checkpoint and does not copy again.
-    resumed = make_vst(tiny_llm(), window=8, ratio=4, ratios=(4,), uncompressed_steps=3).train()
-    resumed.load_state_dict(vst.state_dict())
-    resumed.on_train_step(5, llm)
-    assert torch.equal(resumed.beacon_q[0].weight, vst.beacon_q[0].weight)

@@ -93,9 +93,9 @@ def init_weights(model: VideoLLM, path: str) -> None:
     # A compressor that derives its parameters from the LLM (vst copies q/k/v and the eos embedding,
     # as Video-XL copies them from the pretrained model) re-derives them from the *loaded* LLM when
     # the checkpoint has none of its own.
-    attach = getattr(model.compressor, "attach", None)
-    if attach is not None and not any(k.startswith("compressor.") for k in matched):
-        attach(model.llm, model.tokenizer)
+    derive = getattr(model.compressor, "on_compression_start", None)
+    if derive is not None and not any(k.startswith("compressor.") for k in matched):
+        derive(model.llm, model.tokenizer)
         log.info("init_from: %s parameters re-derived from the loaded LLM", type(model.compressor).__name__)
 
 

@@ -64,8 +64,8 @@ class CompressorChain(nn.Module):
             # The chain becomes an in-LLM compressor: the model sees attach/prefill on it.
             self.attach = last.attach
             self.prefill = last.prefill
-            if hasattr(last, "on_train_step"):
-                self.on_train_step = last.on_train_step
+            if hasattr(last, "on_compression_start"):
+                self.on_compression_start = last.on_compression_start
             self.streaming = False
 
     def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:

@@ -86,11 +86,10 @@ class VisualSummarizationTokens(nn.Module):
                frames each); only sink KV, beacon KV and the current window's raw tokens are kept.
     compress:  False inserts no beacons and keeps all raw KV (windowed prefill == one full forward).
     attention: "auto" (flash-attn when importable, on CUDA, in fp16/bf16; else SDPA), "sdpa" or "flash".
-    uncompressed_steps: the first N training steps run without beacons (all raw KV kept, i.e. the
-               plain model); at step N the beacon q/k/v and embedding are re-copied from the LLM as
-               it is then, and compression starts. Video-XL starts from a video LLM that already
-               understands video; on a from-scratch backbone this phase stands in for it
-               (docs/vst.md). Evaluation always compresses.
+
+    With ``compressor.uncompressed_steps=N`` (handled by VideoLLM, for any compressor) the first N
+    training steps run the plain model; ``on_compression_start`` then re-copies the beacon
+    parameters from the LLM as trained so far (docs/vst.md).
     """
 
     def __init__(
@@ -101,7 +100,6 @@ class VisualSummarizationTokens(nn.Module):
         streaming: bool = True,
         compress: bool = True,
         attention: str = "auto",
-        uncompressed_steps: int = 0,
     ):
         super().__init__()
         ratios = tuple(int(r) for r in ratios)
@@ -114,8 +112,6 @@ class VisualSummarizationTokens(nn.Module):
                 )
         if not ratios:
             raise ValueError("compressor.ratios is empty (vst); give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
-        if uncompressed_steps < 0:
-            raise ValueError(f"compressor.uncompressed_steps={uncompressed_steps} (vst) must be >= 0")
         if attention not in ATTENTION:
             raise ValueError(f"compressor.attention={attention!r} (vst); expected one of {ATTENTION}")
         self.window = int(window)
@@ -124,11 +120,6 @@ class VisualSummarizationTokens(nn.Module):
         self.streaming = bool(streaming)
         self.compress = bool(compress)
         self.attention = attention
-        self.uncompressed_steps = int(uncompressed_steps)
-        self._dense = False  # inside the uncompressed phase (set per training step by on_train_step)
-        # The training step at which the beacons were re-copied from the LLM (-1: not yet); saved in
-        # checkpoints so a resumed run neither copies twice nor skips the copy.
-        self.register_buffer("beacons_copied_at", torch.tensor(-1, dtype=torch.long))
         # Filled by attach(): per-layer beacon projections and the beacon embedding row.
         self.beacon_q = nn.ModuleList()
         self.beacon_k = nn.ModuleList()
@@ -142,7 +133,7 @@ class VisualSummarizationTokens(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"window={self.window}, ratio={self.ratio}, ratios={list(self.ratios)}, "
-            f"streaming={self.streaming}, compress={self.compress}, uncompressed_steps={self.uncompressed_steps}"
+            f"streaming={self.streaming}, compress={self.compress}"
         )
 
     def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
@@ -160,25 +151,14 @@ class VisualSummarizationTokens(nn.Module):
         self.beacon_k = nn.ModuleList(_copy_linear(layer.self_attn.k_proj) for layer in layers)
         self.beacon_v = nn.ModuleList(_copy_linear(layer.self_attn.v_proj) for layer in layers)
         weight = llm.get_input_embeddings().weight  # (V, D)
-        self.beacon_embed = nn.Parameter(weight[self._eos_id(llm, tokenizer)].detach().clone())  # (D,)
-        self._eos = self._eos_id(llm, tokenizer)
-
-    def _eos_id(self, llm: PreTrainedModel, tokenizer) -> int:
-        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        if eos is None and tokenizer is None and getattr(self, "_eos", None) is not None:
-            return self._eos  # the id attach() used
-        if eos is None:
-            eos = llm.config.eos_token_id
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-        if eos is None:
-            raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id for the beacons")
-        return int(eos)
+        self.eos_id = _eos_id(llm, tokenizer)
+        self.beacon_embed = nn.Parameter(weight[self.eos_id].detach().clone())  # (D,)
 
     @torch.no_grad()
-    def copy_beacons_from(self, llm: PreTrainedModel, tokenizer=None) -> None:
+    def on_compression_start(self, llm: PreTrainedModel, tokenizer=None) -> None:
         """Overwrite the beacon q/k/v and embedding, in place (optimizer references stay valid),
-        with the LLM's current base projections and eos embedding."""
+        with the LLM's current base projections and eos embedding: called once, when an
+        uncompressed phase of training ends, so the beacons start from the trained model."""
         layers, _ = _decoder_parts(llm)
         for i, layer in enumerate(layers):
             for beacon, base in ((self.beacon_q[i], layer.self_attn.q_proj), (self.beacon_k[i], layer.self_attn.k_proj),
@@ -187,18 +167,8 @@ class VisualSummarizationTokens(nn.Module):
                 beacon.weight.copy_(base.weight)
                 if base.bias is not None:
                     beacon.bias.copy_(base.bias)
-        self.beacon_embed.copy_(llm.get_input_embeddings().weight[self._eos_id(llm, tokenizer)])
-
-    def on_train_step(self, step: int, llm: PreTrainedModel) -> None:
-        """Called by the model before every training step with the global step."""
-        self._dense = step < self.uncompressed_steps
-        if self.uncompressed_steps and not self._dense and int(self.beacons_copied_at) < 0:
-            self.copy_beacons_from(llm)
-            self.beacons_copied_at.fill_(step)
-
-    @property
-    def compressing(self) -> bool:
-        return self.compress and not (self.training and self._dense)
+        eos = self.eos_id if tokenizer is None else _eos_id(llm, tokenizer)
+        self.beacon_embed.copy_(llm.get_input_embeddings().weight[eos])
 
     # ------------------------------------------------------------------ prefill
 
@@ -256,12 +226,12 @@ class VisualSummarizationTokens(nn.Module):
         for s in streams:
             if s.buffered:  # the last window holds what remains and is still compressed
                 n = s.buffered
-                run.window(s, s.take(n), ratio=self._draw_ratio() if self.compressing else None)
+                run.window(s, s.take(n), ratio=self._draw_ratio() if self.compress else None)
         return self._context(streams, B, rotary, sink.device)
 
     def _run_full_windows(self, run: _Runner, s: _Stream) -> None:
         while s.buffered >= self.window:
-            if not self.compressing:
+            if not self.compress:
                 run.window(s, s.take(self.window), ratio=None)
                 continue
             r = self._draw_ratio()
@@ -444,6 +414,18 @@ def _decoder_parts(llm: PreTrainedModel) -> tuple[nn.ModuleList, nn.Module]:
                 f"vst: decoder layer {type(layers[0]).__name__} has no {name}; vst needs a Llama-family model"
             )
     return layers, rotary
+
+
+def _eos_id(llm: PreTrainedModel, tokenizer) -> int:
+    """The eos token id the beacon embedding is copied from: the tokenizer's, else the config's."""
+    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    if eos is None:
+        eos = llm.config.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    if eos is None:
+        raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id for the beacons")
+    return int(eos)
 
 
 def _copy_linear(proj: nn.Module) -> nn.Linear:

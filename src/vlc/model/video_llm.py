@@ -6,6 +6,7 @@ One LightningModule for every compressor. The submodules are built from plain co
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from vlc.model.prefill import (
 )
 from vlc.model.prompt import PromptBuilder
 from vlc.tokens import Context
+
+log = logging.getLogger(__name__)
 
 COMPONENTS = ("encoder", "projector", "compressor", "llm")
 MAX_CANDIDATES = 26
@@ -88,8 +91,16 @@ class VideoLLM(L.LightningModule):
         self.encoder = VisionEncoder(**encoder)
         self.llm = build_llm(**llm, vocab_size=len(self.tokenizer))
         self.projector = MLPProjector(self.encoder.dim, self.llm.config.hidden_size, **(projector or {}))
+        # compressor.uncompressed_steps (any compressor): the first N training steps bypass the
+        # compressor, training the plain backbone; then compression starts (see on_train_batch_start).
+        compressor = dict(compressor or {})
+        self.uncompressed_steps = int(compressor.pop("uncompressed_steps", 0) or 0)
+        if self.uncompressed_steps < 0:
+            raise ValueError(f"compressor.uncompressed_steps={self.uncompressed_steps} must be >= 0")
+        # The step at which compression started (-1: not yet), saved so a resumed run knows.
+        self.register_buffer("compression_started_at", torch.tensor(-1, dtype=torch.long))
         self.compressor = build_compressor(
-            compressor, self.encoder.dim,
+            compressor or None, self.encoder.dim,
             pixel_std=tuple(self.encoder.std.flatten().tolist()), question_dim=self.llm.config.hidden_size,
         )
         if hasattr(self.compressor, "attach"):
@@ -133,7 +144,14 @@ class VideoLLM(L.LightningModule):
         q = self.prompt.question_batch(batch["questions"], batch["candidates"])
         return self.embed(q.ids), q.mask.to(self.device)
 
+    @property
+    def compressing(self) -> bool:
+        """False only inside the uncompressed phase of training (compressor.uncompressed_steps)."""
+        return not (self.training and self.global_step < self.uncompressed_steps)
+
     def _compress(self, ft, norm_pixels: Tensor, batch: dict):
+        if not self.compressing:
+            return ft
         # Only question-aware compressors (uses_question = True) see the question; by default the
         # context is built from the video alone, as in Video-XL.
         if getattr(self.compressor, "uses_question", False):
@@ -156,7 +174,8 @@ class VideoLLM(L.LightningModule):
         watch = watch or Stopwatch(self.device)
         B = batch["pixels"].shape[0]
         sink, sink_mask = self._prefix(B)
-        if getattr(self.compressor, "streaming", False):
+        in_llm = hasattr(self.compressor, "prefill") and self.compressing
+        if in_llm and getattr(self.compressor, "streaming", False):
             window = int(getattr(self.compressor, "window", self.encoder.tokens_per_frame))
             self._visual_count = torch.zeros(B, dtype=torch.long, device=self.device)
             stream = self._visual_stream(batch, max(1, window // self.encoder.tokens_per_frame), watch)
@@ -167,7 +186,7 @@ class VideoLLM(L.LightningModule):
             ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
             ft = self._compress(ft, norm, batch)
         vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
-        if hasattr(self.compressor, "prefill"):
+        if in_llm:
             ctx = self.compressor.prefill(self.llm, sink, sink_mask, [(vis, vis_mask)])
             ctx.visual_tokens = ft.num_tokens()
             return ctx
@@ -179,7 +198,7 @@ class VideoLLM(L.LightningModule):
     def forward(self, batch: dict) -> Tensor:
         """The answer loss of a batch (cross entropy on answer tokens only)."""
         text = self.prompt.training_batch(batch["questions"], batch["candidates"], batch["answers"])
-        if self.gradient_checkpointing and self.training and not hasattr(self.compressor, "prefill"):
+        if self.gradient_checkpointing and self.training and not (hasattr(self.compressor, "prefill") and self.compressing):
             return self._one_pass_loss(batch, text)
         ctx = self.encode_context(batch)
         # Checkpointed HF layers drop past_key_values (a cache written twice would be wrong on the
@@ -207,9 +226,15 @@ class VideoLLM(L.LightningModule):
         return answer_loss(logits, text.labels.to(self.device))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        hook = getattr(self.compressor, "on_train_step", None)  # e.g. vst's uncompressed warm-up phase
-        if hook is not None:
-            hook(self.global_step, self.llm)
+        """End of the uncompressed phase: compressors that derive parameters from the LLM (vst copies
+        its beacon q/k/v and embedding) re-derive them from the LLM as trained so far, once."""
+        if self.uncompressed_steps and self.global_step >= self.uncompressed_steps and int(self.compression_started_at) < 0:
+            hook = getattr(self.compressor, "on_compression_start", None)
+            if hook is not None:
+                hook(self.llm, self.tokenizer)
+            self.compression_started_at.fill_(self.global_step)
+            log.info("step %d: uncompressed phase over, %s starts compressing",
+                     self.global_step, type(self.compressor).__name__)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self(batch)
