@@ -61,6 +61,8 @@ class STCConnector(nn.Module):
     padding:    zero padding of the downsampler on every side: 1 = stc_connector, 0 = v35.
     downsample: "conv" (STC, learned Conv3d) or "pool" (STP, AvgPool3d, no parameters).
     mlp_depth:  Linear layers of the readout, GELU between (VideoLLaMA2: 2).
+    zero_init_last: zero the last norm's weight in every RegNet block, as timm's RegNet models
+                initialise them (VideoLLaMA2 builds bare RegStages, which skip it).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class STCConnector(nn.Module):
         padding: int = 1,
         downsample: str = "conv",
         mlp_depth: int = 2,
+        zero_init_last: bool = False,
     ) -> None:
         super().__init__()
         hidden = hidden or dim
@@ -96,6 +99,10 @@ class STCConnector(nn.Module):
         # SiLU after the downsampler in both variants, as VideoLLaMA2 has it.
         self.sampler = nn.Sequential(down, nn.SiLU())
         self.s2 = reg_stage(depth, hidden, hidden)
+        if zero_init_last:  # timm's RegNet init: each block starts as its shortcut (then SiLU)
+            for module in self.modules():
+                if hasattr(module, "zero_init_last"):
+                    module.zero_init_last()
         layers: list[nn.Module] = [nn.Linear(hidden, out_dim)]
         for _ in range(1, mlp_depth):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
