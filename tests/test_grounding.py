@@ -252,3 +252,18 @@ def test_short_ground_run_writes_grounding_metrics(cfg_factory):
     assert on_disk["val/miou"] == pytest.approx(mean_iou, abs=1e-3)
     invalid = sum(p["pred_span"] is None for p in lines) / len(lines)
     assert on_disk["val/span_invalid"] == pytest.approx(invalid)
+
+
+def test_eval_summary_reports_span_metrics_from_records():
+    """eval.py's summary (vlc.evaluation.loop.summarize_records) gives the same keys as validation."""
+    from vlc.evaluation.loop import summarize_records
+
+    base = dict(task="ground", correct=True, visual_tokens=1, kv_tokens=1, kv_bytes=1, encoder_ms=1.0,
+                prefill_ms=1.0, context_ms=1.0, peak_mem_mb=1.0, base_mem_mb=1.0)
+    records = [dict(base, iou=1.0, pred_span=[0.0, 1.0]), dict(base, iou=0.4, pred_span=[0.0, 2.5]),
+               dict(base, iou=0.0, pred_span=None), dict(base, task="needle")]
+    out = summarize_records(records)
+    assert out["val/miou"] == pytest.approx(1.4 / 3)
+    assert (out["val/r1@0.3"], out["val/r1@0.5"], out["val/r1@0.7"]) == pytest.approx((2 / 3, 1 / 3, 1 / 3))
+    assert out["val/span_invalid"] == pytest.approx(1 / 3)
+    assert "val/miou" not in summarize_records([dict(base, task="needle")])

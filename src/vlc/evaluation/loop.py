@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vlc.evaluation.efficiency import measure_context
+from vlc.evaluation.grounding import THRESHOLDS
 from vlc.model.prefill import greedy_generate
 
 # Per-sample cost fields of a record (the names evaluate_batch returns).
@@ -89,6 +90,8 @@ def predict(
         open_ended = any(c is None for c in batch["candidates"])
         with autocast(device, precision):
             out = generate_batch(model, batch) if open_ended else model.evaluate_batch(batch)
+            # grounding samples (task "ground") also get a generated span, scored by IoU
+            spans = model._ground_step(batch, "eval") if hasattr(model, "_ground_step") and not open_ended else {}
         B = len(batch["ids"])
         frames = batch["frame_mask"].sum(1)
         for i in range(B):
@@ -109,6 +112,7 @@ def predict(
                     encoder_ms=round(float(out["encoder_ms"]), 3), prefill_ms=round(float(out["prefill_ms"]), 3),
                     context_ms=round(float(out["context_ms"]), 3), peak_mem_mb=round(float(out["peak_mem_mb"]), 2),
                     base_mem_mb=round(float(out.get("base_mem_mb", math.nan)), 2),
+                    **spans.get(i, {}),
                 )
             )
     return records
@@ -150,5 +154,12 @@ def summarize_records(records: list[dict[str, Any]], prefix: str = "val") -> dic
         out[f"{prefix}/acc_{task}"] = float(np.mean(correct))
         out[f"{prefix}/n_{task}"] = len(correct)
     out[f"{prefix}/acc_task_mean"] = float(np.mean([np.mean(c) for c in by_task.values()]))
+    grounded = [r for r in records if "iou" in r]  # the same keys as VideoLLM's validation logs
+    if grounded:
+        ious = np.asarray([r["iou"] for r in grounded], dtype=np.float64)
+        out[f"{prefix}/miou"] = float(ious.mean())
+        for t in THRESHOLDS:
+            out[f"{prefix}/r1@{t}"] = float((ious >= t).mean())
+        out[f"{prefix}/span_invalid"] = float(np.mean([r.get("pred_span") is None for r in grounded]))
     out.update(cost_summary(records, prefix))
     return out
