@@ -38,6 +38,10 @@ def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfi
         cfg.paths.log_dir = str(tmp_path / "logs")
         cfg.paths.data_dir = str(tmp_path.parent / "vlc-test-data")  # shared by tests: generated once
         del cfg.hydra
+        # Tests train a handful of steps: they exercise the compressors' training path from step 0
+        # unless a test asks for model=tiny's uncompressed phase (model.uncompressed_steps=N) itself.
+        if cfg.get("model") is not None and not any("uncompressed_steps" in o for o in overrides):
+            cfg.model.uncompressed_steps = 0
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
 

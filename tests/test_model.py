@@ -141,9 +141,9 @@ def test_greedy_generation_matches_stepwise_argmax(cfg_factory):
 
 
 def test_uncompressed_phase_bypasses_any_compressor_in_training_only(cfg_factory):
-    """compressor.uncompressed_steps: while training and global_step < N the compressor is skipped
+    """model.uncompressed_steps: while training and global_step < N the compressor is skipped
     (all 16 tokens per frame reach the LLM); evaluation always compresses."""
-    m = _model(cfg_factory, "compressor=pool", "compressor.uncompressed_steps=3")
+    m = _model(cfg_factory, "compressor=pool", "model.uncompressed_steps=3")
     assert m.uncompressed_steps == 3 and int(m.compression_started_at) == -1
     b = fake_batch(B=1, T=4)
     m.train()  # no trainer attached: global_step is 0, inside the phase

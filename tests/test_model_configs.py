@@ -165,3 +165,13 @@ def test_attn_implementation_auto_uses_flash_attention_when_it_can(monkeypatch):
     assert llm.resolve_attn_implementation("auto") == "sdpa"
     monkeypatch.setattr(llm.torch.cuda, "is_available", lambda: False)
     assert llm.resolve_attn_implementation("auto") == "sdpa" and llm.resolve_attn_implementation("eager") == "eager"
+
+
+def test_uncompressed_phase_is_for_the_from_scratch_backbone_only():
+    """model=tiny (random init) trains 500 plain steps before compressing; pretrained models none."""
+    from omegaconf import OmegaConf
+
+    from vlc.run import CONFIG_DIR
+
+    assert OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml").uncompressed_steps == 500
+    assert OmegaConf.load(CONFIG_DIR / "model" / "videoxl_7b.yaml").uncompressed_steps == 0

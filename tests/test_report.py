@@ -204,14 +204,14 @@ def test_ablation_configs_sweep_every_variant_on_one_budget():
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     # Budget and warm-up are sweeper parameters (applied after every file, so no variant can change them).
     params = lambda cfg: (int(cfg.hydra.sweeper.params["trainer.max_steps"]),  # noqa: E731
-                          int(cfg.hydra.sweeper.params["compressor.uncompressed_steps"]))
+                          int(cfg.hydra.sweeper.params["model.uncompressed_steps"]))
     assert params(full) == (600, 300) and params(smoke) == (300, 150)
     assert (full.data.num_frames, full.data.synthetic.num_val) == (32, 200)
     assert (smoke.data.num_frames, smoke.data.synthetic.num_val) == (16, 64)
-    for name in variants:  # e.g. vst_ratio16 sets uncompressed_steps: 500 and is still overridden
+    for name in variants:  # every variant composes with the sweep's budget and warm-up applied last
         job = _compose(["experiment=ablation_smoke", f"+experiment@_global_={name}",
-                        "trainer.max_steps=300", "compressor.uncompressed_steps=150"])
-        assert (job.trainer.max_steps, job.compressor.uncompressed_steps) == (300, 150), name
+                        "trainer.max_steps=300", "model.uncompressed_steps=150"])
+        assert (job.trainer.max_steps, job.model.uncompressed_steps) == (300, 150), name
     assert smoke.data.synthetic.num_frames == smoke.data.num_frames  # every sampled frame is a video frame
 
 

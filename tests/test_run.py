@@ -66,7 +66,7 @@ def test_same_seed_same_metrics(cfg_factory, tmp_path):
 
 
 def test_uncompressed_phase_bypasses_the_compressor_then_starts_it(cfg_factory, monkeypatch):
-    """compressor.uncompressed_steps=2: training steps 0-1 run the plain model (vst: no beacons in
+    """model.uncompressed_steps=2: training steps 0-1 run the plain model (vst: no beacons in
     the cache; the step-2 hook re-copies the beacons once), validation always compresses, and the
     checkpoint after step 3 records the switch so a resumed run does not copy again."""
     import torch
@@ -91,7 +91,7 @@ def test_uncompressed_phase_bypasses_the_compressor_then_starts_it(cfg_factory, 
 
     monkeypatch.setattr(VideoLLM, "encode_context", encode)
     monkeypatch.setattr(VisualSummarizationTokens, "on_compression_start", start)
-    cfg = cfg_factory(["experiment=vst_ratio16", "compressor.uncompressed_steps=2", *SHORT_RUN])
+    cfg = cfg_factory(["experiment=vst_ratio16", "model.uncompressed_steps=2", *SHORT_RUN])
     train(cfg)
     train_lengths = {step: n for step, training, n in seen if training}
     val_lengths = {n for _, training, n in seen if not training}

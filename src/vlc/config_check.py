@@ -268,12 +268,7 @@ def _check_compressor(node: Mapping, where: str, facts: dict[str, int], choice: 
     except Exception as error:  # noqa: BLE001
         return [f"{where}._target_={target} cannot be imported ({type(error).__name__}: {_first_line(error)}); "
                 f"the compressor group's choices are {', '.join(_group_options('compressor'))}"]
-    from vlc.compressors import SCHEDULE_KEYS  # read by the model, not the compressor
-
-    problems = _unknown_keys({k: v for k, v in node.items() if k not in SCHEDULE_KEYS}, cls, where, supplied=SUPPLIED)
-    steps = node.get("uncompressed_steps", 0)
-    if not isinstance(steps, int) or steps < 0:
-        problems.append(f"{where}.uncompressed_steps={steps!r}: a number of training steps, an int >= 0")
+    problems = _unknown_keys(node, cls, where, supplied=SUPPLIED)
     if problems:
         return problems
     rule = RULES.get(f"{cls.__module__}.{cls.__qualname__}")

@@ -17,9 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
-SCHEDULE_KEYS = ("uncompressed_steps",)
-
-
 def build_compressor(cfg: dict[str, Any] | DictConfig | nn.Module | None, dim: int, **backbone: Any) -> nn.Module:
     from vlc.compressors.none import Identity
 
@@ -31,8 +28,6 @@ def build_compressor(cfg: dict[str, Any] | DictConfig | nn.Module | None, dim: i
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if "_target_" not in cfg:
         raise ValueError(f"compressor config has no _target_: {cfg}")
-    # A training-schedule key every compressor config carries; VideoLLM reads it, the compressor does not.
-    cfg = {k: v for k, v in cfg.items() if k not in SCHEDULE_KEYS}
     made = hydra.utils.instantiate(cfg)
     return call_with_dim(made, dim, **backbone)
 

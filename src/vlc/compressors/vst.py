@@ -87,7 +87,7 @@ class VisualSummarizationTokens(nn.Module):
     compress:  False inserts no beacons and keeps all raw KV (windowed prefill == one full forward).
     attention: "auto" (flash-attn when importable, on CUDA, in fp16/bf16; else SDPA), "sdpa" or "flash".
 
-    With ``compressor.uncompressed_steps=N`` (handled by VideoLLM, for any compressor) the first N
+    With ``model.uncompressed_steps=N`` (handled by VideoLLM, for any compressor) the first N
     training steps run the plain model; ``on_compression_start`` then re-copies the beacon
     parameters from the LLM as trained so far (docs/vst.md).
     """

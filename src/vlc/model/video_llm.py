@@ -62,6 +62,10 @@ class VideoLLM(L.LightningModule):
     lora:       ``apply_lora`` arguments {enabled, r, alpha, dropout, target_modules}: adapters injected
                 into the LLM in place (``self.llm`` stays the HF model); its base weights are frozen.
     gradient_checkpointing: recompute the LLM's decoder layers (and the encoder's blocks) in backward.
+    uncompressed_steps: the first N training steps bypass the compressor (the plain backbone trains on
+                all tokens); then compression starts, and a compressor with ``on_compression_start``
+                re-derives what it copies from the LLM (vst's beacons). Validation always compresses.
+                A from-scratch backbone needs it (model=tiny: 500); a pretrained one does not (0).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class VideoLLM(L.LightningModule):
         max_new_tokens: int = 16,
         lora: dict | None = None,
         gradient_checkpointing: bool = False,
+        uncompressed_steps: int = 0,
     ) -> None:
         super().__init__()
         encoder, llm, tokenizer, projector, compressor, prompt, optim, freeze, lora = map(
@@ -85,22 +90,19 @@ class VideoLLM(L.LightningModule):
         self.save_hyperparameters(
             dict(encoder=encoder, llm=llm, tokenizer=tokenizer, projector=projector, compressor=compressor,
                  prompt=prompt, optim=optim, freeze=freeze, max_new_tokens=max_new_tokens, lora=lora,
-                 gradient_checkpointing=gradient_checkpointing)
+                 gradient_checkpointing=gradient_checkpointing, uncompressed_steps=uncompressed_steps)
         )
         self.tokenizer = load_tokenizer(**(tokenizer or {}))
         self.encoder = VisionEncoder(**encoder)
         self.llm = build_llm(**llm, vocab_size=len(self.tokenizer))
         self.projector = MLPProjector(self.encoder.dim, self.llm.config.hidden_size, **(projector or {}))
-        # compressor.uncompressed_steps (any compressor): the first N training steps bypass the
-        # compressor, training the plain backbone; then compression starts (see on_train_batch_start).
-        compressor = dict(compressor or {})
-        self.uncompressed_steps = int(compressor.pop("uncompressed_steps", 0) or 0)
+        self.uncompressed_steps = int(uncompressed_steps)
         if self.uncompressed_steps < 0:
-            raise ValueError(f"compressor.uncompressed_steps={self.uncompressed_steps} must be >= 0")
+            raise ValueError(f"model.uncompressed_steps={uncompressed_steps} must be >= 0 (training steps)")
         # The step at which compression started (-1: not yet), saved so a resumed run knows.
         self.register_buffer("compression_started_at", torch.tensor(-1, dtype=torch.long))
         self.compressor = build_compressor(
-            compressor or None, self.encoder.dim,
+            compressor, self.encoder.dim,
             pixel_std=tuple(self.encoder.std.flatten().tolist()), question_dim=self.llm.config.hidden_size,
         )
         if hasattr(self.compressor, "attach"):
@@ -146,7 +148,7 @@ class VideoLLM(L.LightningModule):
 
     @property
     def compressing(self) -> bool:
-        """False only inside the uncompressed phase of training (compressor.uncompressed_steps)."""
+        """False only inside the uncompressed phase of training (model.uncompressed_steps)."""
         return not (self.training and self.global_step < self.uncompressed_steps)
 
     def _compress(self, ft, norm_pixels: Tensor, batch: dict):
@@ -224,6 +226,10 @@ class VideoLLM(L.LightningModule):
             use_cache=False, logits_to_keep=text.ids.shape[1],
         ).logits  # (B, Lt, V): the text positions only
         return answer_loss(logits, text.labels.to(self.device))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before compression_started_at existed load as "not started yet".
+        checkpoint["state_dict"].setdefault("compression_started_at", torch.tensor(-1, dtype=torch.long))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """End of the uncompressed phase: compressors that derive parameters from the LLM (vst copies
