@@ -112,3 +112,20 @@ def test_model_end_to_end(cfg_factory):
         out = m.eval().evaluate_batch(b)
     assert m.compressor.last_strides == [2, 1]  # 6 · 16 = 96 > 40, 6 · 4 = 24 ≤ 40
     assert out["visual_tokens"].tolist() == [24, 32]
+
+
+def test_a_run_reports_the_chosen_factor(cfg_factory):
+    """The chosen pooling factor lands in metrics.json (mean over samples) and in every prediction."""
+    import json
+    from pathlib import Path
+
+    from vlc.run import train
+
+    from conftest import TINY_DATA
+
+    cfg = cfg_factory(["compressor=budget", "compressor.max_tokens=40", *TINY_DATA, "trainer.max_steps=1",
+                       "trainer.val_check_interval=1", "callbacks.progress_bar.refresh_rate=0"])
+    metrics = train(cfg)
+    assert metrics["val/pool_stride"] == 2.0  # 8 frames · 16 = 128 > 40; 8 · 4 = 32 fits
+    lines = Path(cfg.paths.output_dir, "predictions.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["pool_stride"] == 2 for line in lines)

@@ -326,6 +326,11 @@ class VideoLLM(L.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         out = self.evaluate_batch(batch)
         B = len(batch["ids"])
+        # Per-video choices a compressor reports (budget: the pooling factor it picked for each sample).
+        strides = list(getattr(self.compressor, "last_strides", None) or [])
+        chosen = [dict(pool_stride=int(s)) for s in strides] if len(strides) == B else [{}] * B
+        if len(strides) == B:
+            self.log(f"{stage}/pool_stride", float(sum(strides)) / B, on_epoch=True, batch_size=B, sync_dist=True)
         grounded = self._ground_step(batch, stage)
         acc = self.val_acc if stage == "val" else self.test_acc
         acc(out["pred"], out["target"])
@@ -347,7 +352,7 @@ class VideoLLM(L.LightningModule):
                      scores=[round(float(s), 4) for s in out["scores"][i][: len(batch["candidates"][i])]],
                      meta=batch["meta"][i] if "meta" in batch else {},
                      visual_tokens=int(out["visual_tokens"][i]), kv_tokens=int(out["kv_tokens"][i]),
-                     **grounded.get(i, {}))
+                     **chosen[i], **grounded.get(i, {}))
             )
 
     def _eval_epoch_end(self, stage: str) -> None:
