@@ -320,6 +320,9 @@ def plot_pareto(ax: Any, summary: pd.DataFrame, cost_key: str, label: str) -> No
         labels.setdefault((xi, yi), []).append(str(name))
     for (xi, yi), names in labels.items():
         ax.annotate("\n".join(names), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, va="bottom")
+    # Head room for the tallest stack of names above the top points, so it stays under the title.
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + (hi - lo) * 0.055 * max(len(n) for n in labels.values()))
     if x.min() > 0 and x.max() / x.min() > 8:  # costs spread over an order of magnitude
         ax.set_xscale("log")
     ax.set_xlabel(label)
