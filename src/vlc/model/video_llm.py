@@ -200,7 +200,8 @@ class VideoLLM(L.LightningModule):
     def forward(self, batch: dict) -> Tensor:
         """The answer loss of a batch (cross entropy on answer tokens only)."""
         text = self.prompt.training_batch(batch["questions"], batch["candidates"], batch["answers"])
-        if self.gradient_checkpointing and self.training and not (hasattr(self.compressor, "prefill") and self.compressing):
+        in_llm = hasattr(self.compressor, "prefill") and self.compressing
+        if self.gradient_checkpointing and self.training and not in_llm:
             return self._one_pass_loss(batch, text)
         ctx = self.encode_context(batch)
         # Checkpointed HF layers drop past_key_values (a cache written twice would be wrong on the
@@ -318,7 +319,8 @@ class VideoLLM(L.LightningModule):
         spans = [parse_span(t) for t in texts]
         pred = torch.tensor([s or (math.nan, math.nan) for s in spans], dtype=torch.float32, device=self.device)
         target = torch.tensor(targets, dtype=torch.float32, device=self.device)
-        self._grounding_metric(stage).update(pred, target)
+        if stage in ("val", "test"):  # Lightning's epochs read the metric; eval.py sums the records itself
+            self._grounding_metric(stage).update(pred, target)
         ious = span_iou(pred, target).tolist()
         return {i: dict(generated=text, pred_span=list(span) if span else None, iou=round(iou, 4))
                 for i, text, span, iou in zip(rows, texts, spans, ious)}
