@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from vlc.data.annotations import Sample, read_llava_json, read_mc_json
 from vlc.data.sampler import resumable
 from vlc.data.synthetic import ensure_synthetic
-from vlc.data.video import VideoReadError, file_problem, read_video
+from vlc.data.video import LazyClip, LazyFrames, VideoReadError, file_problem, open_video, read_video
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ class VideoQADataset(Dataset):
 
     ``frame_transform`` is applied to the (T, 3, H, W) uint8 frames and should keep that layout
     (normalisation happens in the model, which knows its encoder's mean and std).
+
+    ``lazy=True`` samples the frames but decodes nothing: ``"frames"`` is a ``LazyClip`` that
+    decodes a range at a time (``frame_transform`` then applies to each decoded range), and
+    ``collate_video_qa`` batches such clips into a ``LazyFrames``. Streaming ``vst`` then holds
+    one window of pixels at a time instead of the whole clip (``data.lazy_decode``).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class VideoQADataset(Dataset):
         max_skip_fraction: float = 0.05,
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         split: str = "",
+        lazy: bool = False,
     ) -> None:
         if (num_frames is None) == (fps is None):
             raise ValueError(
@@ -90,6 +96,7 @@ class VideoQADataset(Dataset):
         self.max_skip_fraction = max_skip_fraction
         self.frame_transform = frame_transform
         self.split = split
+        self.lazy = bool(lazy)
         self.num_skips = 0  # times a failing sample was replaced by another
         self.failed: dict[int, str] = {}  # index → cause; a known-bad file is not decoded again
 
@@ -166,6 +173,13 @@ class VideoQADataset(Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
+        if self.lazy:
+            lazy = open_video(sample.video, num_frames=self.num_frames, fps=self.fps, max_frames=self.max_frames,
+                              start=sample.start, end=sample.end, backend=self.backend, size=self.size,
+                              transform=self.frame_transform)
+            return {"id": sample.id, "frames": lazy, "times": lazy.times, "question": sample.question,
+                    "answer": sample.answer, "candidates": sample.candidates, "task": sample.task,
+                    "meta": sample.meta}
         clip = read_video(
             sample.video,
             num_frames=self.num_frames,
@@ -194,12 +208,15 @@ class VideoQADataset(Dataset):
 def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack clips of different lengths: zero-pad to the longest and mark real frames in a mask.
 
-    pixels (B, T, 3, H, W) uint8, frame_mask (B, T) bool, times (B, T) float32 (0 on padding),
+    pixels (B, T, 3, H, W) uint8 (a ``LazyFrames`` of that shape when the items are ``LazyClip``), frame_mask (B, T) bool, times (B, T) float32 (0 on padding),
     per-sample lists ids, questions, answers, candidates, tasks, meta, and ``skipped``: the
     ``(split, id, video, cause)`` of every unreadable sample this batch's items stand in for.
     """
     if not items:
         raise ValueError("collate_video_qa: empty batch")
+    lazy = [isinstance(item["frames"], LazyClip) for item in items]
+    if any(lazy) and not all(lazy):
+        raise ValueError("collate_video_qa: a batch mixes lazily decoded clips with decoded frames")
     shapes = {tuple(item["frames"].shape[1:]) for item in items}
     if len(shapes) > 1:
         raise ValueError(
@@ -208,12 +225,15 @@ def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
         )
     B, T = len(items), max(item["frames"].shape[0] for item in items)
     C, H, W = shapes.pop()
-    pixels = torch.zeros(B, T, C, H, W, dtype=items[0]["frames"].dtype)
+    lazily = all(lazy)
+    pixels = LazyFrames([item["frames"] for item in items]) if lazily else torch.zeros(
+        B, T, C, H, W, dtype=items[0]["frames"].dtype)
     frame_mask = torch.zeros(B, T, dtype=torch.bool)
     times = torch.zeros(B, T, dtype=torch.float32)
     for b, item in enumerate(items):
         n = item["frames"].shape[0]
-        pixels[b, :n] = item["frames"]
+        if not lazily:
+            pixels[b, :n] = item["frames"]
         frame_mask[b, :n] = True
         times[b, :n] = item["times"]
     return {
@@ -267,6 +287,7 @@ class VideoDataModule(L.LightningDataModule):
         check_files: bool = True,
         seed: int = 0,
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        lazy_decode: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -290,6 +311,7 @@ class VideoDataModule(L.LightningDataModule):
             frame_transform=frame_transform,
         )
         self.check_files = check_files
+        self.lazy_decode = bool(lazy_decode)
         self.max_skip_fraction = max_skip_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.datasets: dict[str, VideoQADataset] = {}
@@ -313,7 +335,9 @@ class VideoDataModule(L.LightningDataModule):
         # Every annotation file is read (and validated) before any video is looked at, so a bad
         # annotation stops the run before the slower file checks.
         splits = self._read_splits()
-        datasets = {name: VideoQADataset(samples, split=name, **self.dataset_args) for name, samples in splits.items()}
+        # lazy_decode applies to evaluation only: training backpropagates through every frame anyway.
+        datasets = {name: VideoQADataset(samples, split=name, lazy=self.lazy_decode and name != "train",
+                                         **self.dataset_args) for name, samples in splits.items()}
         if self.check_files:
             for split, dataset in datasets.items():
                 dataset.check_files()  # raises, or (skip policy) marks the bad files failed up front

@@ -348,3 +348,210 @@ def _decode_av(path: str, indices: np.ndarray) -> np.ndarray:
     if missing:
         raise VideoReadError(path, f"stream ended before frames {missing[:5]} (header claims more frames)")
     return np.stack(out)  # (T, H, W, 3) uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# lazy decoding: a clip whose frames are decoded a range at a time (streaming evaluation)
+
+
+class LazyClip:
+    """The frames ``read_video`` would return, decoded only when a range of them is asked for.
+
+    Opening samples the frame indices and times exactly as ``read_video`` does and learns the
+    frame size, but decodes nothing. ``decode(t0, t1)`` returns frames ``t0..t1-1`` as
+    (n, 3, H, W) uint8, so a consumer that works a window at a time (``vst`` with
+    ``streaming: true``) holds one window of pixels instead of the whole clip. Ranges asked for
+    in increasing order are decoded once each: the decord reader stays open and seeks, PyAV keeps
+    decoding forward from where it stopped. The open readers are dropped when pickled
+    (DataLoader workers hand clips to the main process) and reopened on the next decode.
+    """
+
+    def __init__(self, path: str, indices: np.ndarray, times: torch.Tensor, frame_hw: tuple[int, int],
+                 backend: str, size: tuple[int, int] | None = None, transform=None) -> None:
+        self.path, self.indices, self.times = path, indices, times
+        self.frame_hw, self.backend, self.size, self.transform = frame_hw, backend, size, transform
+        self.decode_seconds = 0.0  # time spent decoding so far (the benchmark reports it)
+        self._reader = None  # decord.VideoReader, opened on first use
+        self._av = None  # (container, frame iterator, index of the next frame it yields)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.indices), 3, *self.frame_hw)
+
+    def __getstate__(self) -> dict:
+        self.close()
+        return dict(self.__dict__)
+
+    def close(self) -> None:
+        if self._av is not None:
+            self._av[0].close()
+        self._reader = self._av = None
+
+    def decode(self, t0: int, t1: int) -> torch.Tensor:
+        """Frames t0..t1-1 of the clip (clamped to its length) → (n, 3, H, W) uint8."""
+        import time
+
+        t0, t1 = max(0, t0), min(len(self.indices), t1)
+        if t1 <= t0:
+            return torch.zeros(0, 3, *self.frame_hw, dtype=torch.uint8)
+        start = time.perf_counter()
+        wanted = self.indices[t0:t1]
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        decoded = self._decode_decord(unique) if self.backend == "decord" else self._decode_av(unique)
+        frames = torch.from_numpy(decoded[inverse])  # (n, H, W, 3)
+        if self.size is not None:
+            frames = resize_frames(frames, self.size)
+        frames = frames.permute(0, 3, 1, 2).contiguous()
+        if self.transform is not None:
+            frames = self.transform(frames)
+        self.decode_seconds += time.perf_counter() - start
+        return frames
+
+    def _decode_decord(self, unique: np.ndarray) -> np.ndarray:
+        if self._reader is None:
+            self._reader = _open_decord(self.path)
+        return _decode_decord(self.path, self._reader, unique)
+
+    def _decode_av(self, unique: np.ndarray) -> np.ndarray:
+        import av
+        from av.video.reformatter import VideoReformatter
+
+        first = int(unique[0])
+        if self._av is None or self._av[2] > first:  # not open yet, or asked to go back: start over
+            self.close()
+            try:
+                container = av.open(self.path)
+                self._av = [container, iter(container.decode(container.streams.video[0])), 0, VideoReformatter()]
+            except Exception as error:  # noqa: BLE001 - PyAV raises many FFmpegError subclasses
+                raise VideoReadError(self.path, _diagnose(self.path, error)) from error
+        _, frames, n, to_rgb = self._av
+        wanted = {int(i): k for k, i in enumerate(unique)}
+        out: list[np.ndarray | None] = [None] * len(unique)
+        last = int(unique[-1])
+        try:
+            while n <= last:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                if n in wanted:
+                    out[wanted[n]] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                n += 1
+        except Exception as error:  # noqa: BLE001
+            raise VideoReadError(self.path, _diagnose(self.path, error)) from error
+        self._av[2] = n
+        missing = [int(unique[k]) for k, f in enumerate(out) if f is None]
+        if missing:
+            raise VideoReadError(self.path, f"stream ended before frames {missing[:5]} (header claims more frames)")
+        return np.stack(out)
+
+
+def open_video(
+    path: str | os.PathLike,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str = "decord",
+    size: tuple[int, int] | None = None,
+    transform=None,
+) -> LazyClip:
+    """``read_video``'s sampling without the decoding: a ``LazyClip`` that decodes on demand.
+
+    The same checks run up front (missing, empty, image, unreadable header, zero frames), so a
+    bad file fails here, naming itself, and not halfway through a window.
+    """
+    path = os.fspath(path)
+    if (num_frames is None) == (fps is None):
+        raise ValueError(
+            f"open_video({path}): give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}"
+        )
+    _check_backend(backend)
+    _check_file(path)
+    reader = None
+    if backend == "decord":
+        try:
+            reader = _open_decord(path)
+        except _DecordFailure as error:
+            _warn_fallback(path, error.cause)
+            backend = "av"
+    num_total, native_fps = _stream_info(path, reader)
+    indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
+    times = torch.from_numpy(frame_times(indices, native_fps))
+    if size is not None:
+        frame_hw = (int(size[0]), int(size[1]))
+    elif reader is not None:
+        frame_hw = tuple(int(x) for x in reader[0].shape[:2])
+    else:
+        frame_hw = _av_frame_hw(path)
+    clip = LazyClip(path, indices, times, frame_hw, backend, size, transform)
+    clip._reader = reader
+    return clip
+
+
+def _av_frame_hw(path: str) -> tuple[int, int]:
+    import av
+
+    try:
+        with av.open(path) as container:
+            ctx = container.streams.video[0].codec_context
+            return int(ctx.height), int(ctx.width)
+    except Exception as error:  # noqa: BLE001
+        raise VideoReadError(path, _diagnose(path, error)) from error
+
+
+class LazyFrames:
+    """A batch of ``LazyClip`` standing in for the (B, T, 3, H, W) uint8 pixel tensor.
+
+    ``frames[:, t0:t1]`` decodes that range of every clip (zero-padded past a clip's end, as
+    ``collate_video_qa`` pads) and returns a tensor on ``device``; ``materialize()`` decodes it
+    all. ``VideoLLM`` materialises it except on the streaming path, which slices it a window
+    at a time.
+    """
+
+    dtype = torch.uint8
+    ndim = 5
+
+    def __init__(self, clips: list[LazyClip], device: torch.device | str = "cpu") -> None:
+        if not clips:
+            raise ValueError("LazyFrames: no clips")
+        sizes = {clip.frame_hw for clip in clips}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"LazyFrames: frames of different sizes {sorted(sizes)} (as (H, W)) in one batch; "
+                f"set frame_size so every clip is resized to the same (H, W)"
+            )
+        self.clips, self.device = clips, torch.device(device)
+        self.shape = torch.Size((len(clips), max(len(c) for c in clips), 3, *sizes.pop()))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum(clip.decode_seconds for clip in self.clips)
+
+    def to(self, device: torch.device | str, *args, **kwargs) -> LazyFrames:
+        return LazyFrames(self.clips, device)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        rows, frames = (key, slice(None)) if not isinstance(key, tuple) else (key + (slice(None),))[:2]
+        if rows != slice(None) or not isinstance(frames, slice) or frames.step not in (None, 1):
+            raise IndexError(f"LazyFrames supports [:, t0:t1] only, got {key!r}")
+        t0, t1, _ = frames.indices(self.shape[1])
+        out = torch.zeros(self.shape[0], max(0, t1 - t0), *self.shape[2:], dtype=torch.uint8)
+        for b, clip in enumerate(self.clips):
+            chunk = clip.decode(t0, t1)
+            out[b, : chunk.shape[0]] = chunk
+        return out.to(self.device)
+
+    def materialize(self) -> torch.Tensor:
+        return self[:, 0 : self.shape[1]]
+
+
+def materialize(pixels) -> torch.Tensor:
+    """A pixel tensor as is; a ``LazyFrames`` decoded in full."""
+    return pixels.materialize() if isinstance(pixels, LazyFrames) else pixels

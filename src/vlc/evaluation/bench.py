@@ -127,14 +127,19 @@ def haystack_video(folder: Path, frames: int, size: int, fps: float = 4.0) -> Pa
     return path
 
 
-def load_sample(frames: int, size: int, video: Path | None, backend: str = "decord") -> dict:
-    """One sample as evaluation batches it: decoded from ``video`` (all N frames) or random pixels."""
+def load_sample(frames: int, size: int, video: Path | None, backend: str = "decord", lazy: bool = False) -> dict:
+    """One sample as evaluation batches it: decoded from ``video`` (all N frames) or random pixels.
+
+    ``lazy``: nothing is decoded yet; the batch's pixels are a ``LazyFrames`` that the model
+    decodes when it encodes them (a window at a time on the streaming path).
+    """
     from vlc.data.annotations import Sample
     from vlc.data.datamodule import VideoQADataset, collate_video_qa
 
     if video is not None:
         sample = Sample(id=f"bench-{frames}", video=str(video), question=QUESTION, answer="red", candidates=CANDIDATES)
-        return collate_video_qa([VideoQADataset([sample], num_frames=frames, backend=backend, frame_size=size)[0]])
+        dataset = VideoQADataset([sample], num_frames=frames, backend=backend, frame_size=size, lazy=lazy)
+        return collate_video_qa([dataset[0]])
     g = torch.Generator().manual_seed(frames)
     pixels = torch.randint(0, 256, (frames, 3, size, size), dtype=torch.uint8, generator=g)
     item = dict(id=f"bench-{frames}", frames=pixels,
@@ -154,8 +159,12 @@ def is_oom(error: BaseException) -> bool:
 
 
 def measure(model: Any, frames: int, size: int, video: Path | None, device: torch.device, backend: str = "decord",
-            precision: str = "32-true", mem_limit_mb: float | None = None) -> dict[str, Any]:
-    """Decode + context of one sample: its tokens, times and peak memory (decode included)."""
+            precision: str = "32-true", mem_limit_mb: float | None = None, lazy: bool = True) -> dict[str, Any]:
+    """Decode + context of one sample: its tokens, times and peak memory (decode included).
+
+    ``lazy`` (with a video): frames are decoded where the model asks for them, inside
+    ``encoder ms``; ``decode ms`` is then the decoding time wherever it fell.
+    """
     from vlc.evaluation.efficiency import (
         current_memory_mb,
         measure_context,
@@ -171,11 +180,12 @@ def measure(model: Any, frames: int, size: int, video: Path | None, device: torc
     ctx = batch = None
     try:
         start = time.perf_counter()
-        batch = to_device(load_sample(frames, size, video, backend), device)
+        batch = to_device(load_sample(frames, size, video, backend, lazy=lazy and video is not None), device)
         decode_ms = 1000 * (time.perf_counter() - start)
         decode_peak = peak_memory_mb(device)
         with torch.no_grad(), autocast(device, precision):
             ctx, cost = measure_context(model, batch)
+        decode_ms += 1000 * getattr(batch["pixels"], "decode_seconds", 0.0)
     except Exception as error:  # noqa: BLE001 - only out-of-memory errors are expected here
         if is_oom(error):
             raise OutOfMemory(f"{frames} frames: {str(error).splitlines()[0][:200]}") from None
@@ -370,6 +380,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from-video", dest="from_video", action="store_true", default=True,
                    help="decode a generated mp4 of N frames, decoding included (default)")
     p.add_argument("--no-from-video", dest="from_video", action="store_false", help="random pixels, no decoding")
+    p.add_argument("--decode", choices=("lazy", "eager"), default="lazy",
+                   help="lazy (default): frames are decoded when the model encodes them, so streaming vst holds "
+                        "one window of pixels; eager: every frame is decoded before the model runs")
     p.add_argument("--frame-size", type=int, default=None, help="video side in px (default: the encoder's img_size)")
     p.add_argument("--precision", default=None,
                    help="32-true | bf16-mixed (default: 32-true on cpu, bf16-mixed on cuda)")
@@ -449,7 +462,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
             # frames uniformly from the next power-of-two video, so bisection probes reuse a few files.
             length = 1 << (n - 1).bit_length() if args.max_frames else n
             video = haystack_video(cache, length, size) if args.from_video else None
-            reps = [measure(model, n, size, video, device, backend, precision, mem_limit_mb)
+            reps = [measure(model, n, size, video, device, backend, precision, mem_limit_mb, lazy=args.decode == "lazy")
                     for _ in range(max(1, args.repeats))]
             row = {"model": args.model, "compressor": spec, "status": "ok", "device": where, **median_row(reps)}
             log.info("%s %5d frames: %6d visual, %6d kv tokens, context %.0f ms, peak %.0f MiB (+%.0f)",
@@ -463,7 +476,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
         if args.warmup:  # first-call costs (allocator, kernels, lazy modules) are not the compressor's
             video = haystack_video(cache, min(frames), size) if args.from_video else None
             try:
-                measure(model, min(frames), size, video, device, backend, precision)
+                measure(model, min(frames), size, video, device, backend, precision, lazy=args.decode == "lazy")
             except OutOfMemory:
                 pass
         if args.max_frames:
@@ -496,7 +509,8 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
 
     write_csv(rows, out / "bench.csv")
     command = "vlc-bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"`{command.strip()}` — {args.model}, {'decoded from mp4' if args.from_video else 'random pixels'}, "
+    source = {"lazy": "decoded lazily from mp4", "eager": "decoded from mp4"}[args.decode] if args.from_video else "random pixels"
+    header = (f"`{command.strip()}` — {args.model}, {source}, "
               f"{precision}, measured {stamp[:10]} on {where} in {seconds:.0f} s.")
     body = [header, "", markdown_table(rows)]
     compared = scaling(rows)

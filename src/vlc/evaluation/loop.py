@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlc.data.video import LazyFrames
 from vlc.evaluation.efficiency import measure_context
 from vlc.evaluation.grounding import THRESHOLDS
 from vlc.model.prefill import greedy_generate
@@ -53,7 +54,8 @@ def autocast(device: torch.device, precision: str | int = "32-true"):
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    # Tensors, and LazyFrames (lazily decoded pixels, which decode onto ``device``).
+    return {k: v.to(device) if isinstance(v, (torch.Tensor, LazyFrames)) else v for k, v in batch.items()}
 
 
 def normalize_answer(text: str) -> str:

@@ -25,6 +25,7 @@ from vlc.backbone.lora import apply_lora
 from vlc.backbone.projector import MLPProjector
 from vlc.backbone.tokenizer import load_tokenizer
 from vlc.compressors import build_compressor
+from vlc.data.video import LazyFrames, materialize
 from vlc.evaluation.efficiency import Stopwatch, measure_context
 from vlc.evaluation.grounding import GROUND_TASK, TemporalGroundingIoU, parse_span, span_iou
 from vlc.model.prefill import (
@@ -184,8 +185,8 @@ class VideoLLM(L.LightningModule):
             ctx = self.compressor.prefill(self.llm, sink, sink_mask, stream)
             ctx.visual_tokens = self._visual_count
             return ctx
-        with watch.span("encoder"):
-            ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
+        with watch.span("encoder"):  # lazily decoded frames are decoded here, all at once
+            ft, norm = self.encoder(materialize(batch["pixels"]), batch["frame_mask"], batch["times"])
             ft = self._compress(ft, norm, batch)
         vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
         if in_llm:
@@ -216,7 +217,7 @@ class VideoLLM(L.LightningModule):
         cache-free forward over [prefix | visual | question + answer], so every layer can be checkpointed."""
         B = batch["pixels"].shape[0]
         sink, _ = self._prefix(B)
-        ft, norm = self.encoder(batch["pixels"], batch["frame_mask"], batch["times"])
+        ft, norm = self.encoder(materialize(batch["pixels"]), batch["frame_mask"], batch["times"])
         ft = self._compress(ft, norm, batch)
         vis, vis_mask = self.prompt.visual_span(self.projector(ft.tokens), ft, self.llm.get_input_embeddings())
         context, context_mask = left_pad([torch.cat([sink[b], vis[b][vis_mask[b].bool()]]) for b in range(B)])
@@ -462,6 +463,8 @@ def _select(batch: dict, rows: list[int]) -> dict:
     for key, value in batch.items():
         if isinstance(value, Tensor) and value.dim() and value.shape[0] == B:
             out[key] = value[torch.tensor(rows, device=value.device)]
+        elif isinstance(value, LazyFrames):
+            out[key] = LazyFrames([value.clips[i] for i in rows], value.device)
         elif isinstance(value, list) and len(value) == B and key != "skipped":  # skipped: not per sample
             out[key] = [value[i] for i in rows]
         else:
