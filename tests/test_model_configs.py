@@ -126,6 +126,28 @@ def test_warmup_ratio_and_cosine_schedule(cfg_factory):
     assert lrs[55] == pytest.approx(0.5) and lrs[99] < 1e-3  # cosine from step 10 to 100, down to 0
 
 
+def test_schedule_restarts_when_the_compressor_starts(cfg_factory):
+    def lrs(*overrides):
+        m = build_model(cfg_factory(["~data", "model.uncompressed_steps=40", "optim.warmup_steps=4",
+                                     "optim.min_lr_ratio=0.0", "optim.lr=1.0", *overrides]))
+        m._trainer = SimpleNamespace(estimated_stepping_batches=100)
+        sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(100):
+            out.append(sched.get_last_lr()[0])
+            sched.optimizer.step()
+            sched.step()
+        return out
+
+    one = lrs()
+    assert one[3] == pytest.approx(1.0) and one[52] == pytest.approx(0.5)  # one cosine over steps 4..100
+    two = lrs("optim.restart_at_compression=true")
+    assert two[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and two[22] == pytest.approx(0.5) and two[39] < 0.01
+    assert two[40:44] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # a fresh warm-up at step 40
+    assert two[40 + 4 + 28] == pytest.approx(0.5) and two[99] < 1e-2  # then a cosine over steps 44..100
+    assert lrs("optim.restart_at_compression=true", "model.uncompressed_steps=0") == pytest.approx(one[:4] + lrs()[4:])
+
+
 def test_the_step_script_runs_on_the_tiny_backbone(tmp_path):
     """scripts/train_step_7b.py's code path on CPU; the 7B run itself needs a GPU (test below)."""
     sys.path.insert(0, str(ROOT / "scripts"))
