@@ -59,6 +59,23 @@ def test_niah_grid_writes_csv_heatmap_and_metrics(cfg_factory):
     assert on_disk["niah/acc"] == pytest.approx(sum(p["correct"] for p in preds) / 8) == metrics["niah/acc"]
 
 
+def test_niah_with_lazy_decoding_scores_the_same(cfg_factory):
+    grid = ["ckpt_path=null", "mode=niah", "niah.lengths=[12]", "niah.depths=[0.0,1.0]", "niah.per_cell=2",
+            "compressor=vst", "compressor.window=64"]  # 12 frames x 16 tokens: 3 windows of 4 frames
+
+    def predictions(*extra):
+        cfg = cfg_factory(grid + list(extra), name="eval")
+        metrics = evaluate(cfg)
+        lines = (Path(cfg.paths.output_dir) / "predictions.jsonl").read_text().splitlines()
+        return metrics, [json.loads(x) for x in lines]
+
+    eager, eager_preds = predictions()
+    lazy, lazy_preds = predictions("data.lazy_decode=true")
+    assert lazy["niah/n"] == eager["niah/n"] == 4
+    assert [p["scores"] for p in lazy_preds] == [p["scores"] for p in eager_preds]
+    assert all(p["kv_tokens"] == 4 + 12 * 16 // 16 for p in lazy_preds)  # prefix + one beacon per 16 tokens
+
+
 def test_cell_rows_average_per_cell():
     cost = dict(visual_tokens=1, kv_tokens=2, kv_bytes=3, encoder_ms=4.0, prefill_ms=5.0, context_ms=9.0, peak_mem_mb=7)
     records = [dict(length=4, depth=0.5, correct=c, **cost) for c in (True, False, True)]

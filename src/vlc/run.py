@@ -229,6 +229,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             model, Path(cfg.paths.data_dir) / "synthetic", list(niah.lengths), list(niah.depths), int(niah.per_cell),
             frame_size=int(niah.frame_size), fps=float(niah.fps), seed=int(niah.seed), batch_size=int(niah.batch_size),
             backend=cfg.data.get("backend", "decord"), device=device, precision=precision,
+            lazy=bool(cfg.data.get("lazy_decode", False)),
         )
         write_csv(rows, out_dir / "niah.csv")
         mean = sum(r["correct"] for r in records) / len(records)

@@ -48,11 +48,13 @@ def run_niah(
     backend: str = "decord",
     device: torch.device | str = "cpu",
     precision: str = "32-true",
+    lazy: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate ``model`` on every cell; returns ``(cell rows, per-sample records)``.
 
     The grid's videos come from ``ensure_needle_grid`` under ``root`` (generated once, cached).
-    Each length is its own loader with ``num_frames = N``: every frame of the video is decoded.
+    Each length is its own loader with ``num_frames = N``: every frame of the video is decoded
+    (``lazy``: when the model encodes it, see ``data.lazy_decode``).
     """
     device = torch.device(device)
     grid = ensure_needle_grid(root, lengths, depths, num_per_cell=per_cell, size=frame_size, fps=fps, seed=seed)
@@ -62,7 +64,8 @@ def run_niah(
         by_length[int(s.meta["length"])].append(s)
     records: list[dict[str, Any]] = []
     for length in sorted(by_length):
-        dataset = VideoQADataset(by_length[length], num_frames=length, backend=backend, frame_size=frame_size)
+        dataset = VideoQADataset(by_length[length], num_frames=length, backend=backend, frame_size=frame_size,
+                                 lazy=lazy)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_video_qa)
         cell_records = predict(model, loader, device, precision)
         for r in cell_records:
