@@ -101,3 +101,39 @@ def test_uncompressed_phase_bypasses_the_compressor_then_starts_it(cfg_factory, 
     file = Path(cfg.paths.output_dir, "checkpoints", "step_000003.ckpt")
     state = torch.load(file, map_location="cpu", weights_only=False)
     assert state["global_step"] == 3 and int(state["state_dict"]["compression_started_at"]) == 2
+
+
+def test_ratio_curriculum_counts_compressed_steps_from_the_switch(cfg_factory, monkeypatch):
+    """compressor.curriculum: stage i is drawn from during compressed steps [i, i+1) x steps/stages,
+    counted from the switch (model.uncompressed_steps), then compressor.ratios."""
+    from vlc.compressors.vst import VisualSummarizationTokens
+    from vlc.model.video_llm import VideoLLM
+
+    drawn: dict[int, set[int]] = {}  # global step -> ratios drawn in training windows
+    real_draw = VisualSummarizationTokens._draw_ratio
+
+    def draw(self):
+        r = real_draw(self)
+        if self.training:
+            drawn.setdefault(self._trainer_step, set()).add(r)
+        return r
+
+    real_start = VideoLLM.on_train_batch_start
+
+    def start(self, batch, batch_idx):
+        real_start(self, batch, batch_idx)
+        self.compressor._trainer_step = self.global_step
+
+    monkeypatch.setattr(VisualSummarizationTokens, "_draw_ratio", draw)
+    monkeypatch.setattr(VideoLLM, "on_train_batch_start", start)
+    cfg = cfg_factory(["experiment=vst_ratio16", "model.uncompressed_steps=2", *SHORT_RUN,
+                       "trainer.max_steps=6", "compressor.window=32",
+                       "compressor.curriculum=[[2],[4]]", "compressor.curriculum_steps=2"])
+    train(cfg)
+    assert sorted(drawn) == [2, 3, 4, 5]  # no beacons before the switch at step 2
+    assert drawn[2] == {2} and drawn[3] == {4}  # compressed steps 0 and 1: the two stages
+    assert drawn[4] | drawn[5] <= {2, 4, 8, 12, 16} and len(drawn[4] | drawn[5]) > 1  # then every ratio
+    with pytest.raises(ValueError, match="curriculum_steps >= 3"):
+        VisualSummarizationTokens(window=32, curriculum=[[2], [4], [8]], curriculum_steps=2)
+    with pytest.raises(ValueError, match=r"compressor.curriculum holds 64 \(vst\), outside 1..window=32"):
+        VisualSummarizationTokens(window=32, curriculum=[[64]], curriculum_steps=4)

@@ -86,6 +86,10 @@ class VisualSummarizationTokens(nn.Module):
                frames each); only sink KV, beacon KV and the current window's raw tokens are kept.
     compress:  False inserts no beacons and keeps all raw KV (windowed prefill == one full forward).
     attention: "auto" (flash-attn when importable, on CUDA, in fp16/bf16; else SDPA), "sdpa" or "flash".
+    curriculum: Video-XL's curriculum, easy (small ratios) to hard: a list of ratio sets, e.g.
+               [[2], [2, 4], [2, 4, 8]]; stage i is drawn from during compressed training steps
+               [i, i + 1) x curriculum_steps / len(curriculum), then ``ratios``. None: ``ratios`` throughout.
+    curriculum_steps: how many compressed training steps the curriculum spans.
 
     With ``model.uncompressed_steps=N`` (handled by VideoLLM, for any compressor) the first N
     training steps run the plain model; ``on_compression_start`` then re-copies the beacon
@@ -100,12 +104,22 @@ class VisualSummarizationTokens(nn.Module):
         streaming: bool = True,
         compress: bool = True,
         attention: str = "auto",
+        curriculum: Sequence[Sequence[int]] | None = None,
+        curriculum_steps: int = 0,
     ):
         super().__init__()
         ratios = tuple(int(r) for r in ratios)
+        stages = tuple(tuple(int(r) for r in stage) for stage in (curriculum or ()))
+        if stages and (int(curriculum_steps) < len(stages) or any(not stage for stage in stages)):
+            raise ValueError(
+                f"compressor.curriculum (vst): {len(stages)} stages need curriculum_steps >= {len(stages)} "
+                f"(got {curriculum_steps}) and at least one ratio each"
+            )
         if window < 1:
             raise ValueError(f"compressor.window={window} (vst): raw visual tokens per window, must be >= 1")
-        for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios]:
+        for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios] + [
+            ("curriculum", r) for stage in stages for r in stage
+        ]:
             if not 1 <= value <= window:
                 raise ValueError(
                     f"compressor.{key} holds {value} (vst), outside 1..window={window}; lower it or raise compressor.window"
@@ -117,6 +131,8 @@ class VisualSummarizationTokens(nn.Module):
         self.window = int(window)
         self.ratio = int(ratio)
         self.ratios = ratios
+        self.curriculum, self.curriculum_steps = stages, int(curriculum_steps)
+        self.compressed_steps = 0  # compressed training steps so far (VideoLLM sets it each batch)
         self.streaming = bool(streaming)
         self.compress = bool(compress)
         self.attention = attention
@@ -131,8 +147,10 @@ class VisualSummarizationTokens(nn.Module):
         self.last_windows: list[tuple[int, int, int]] = []
 
     def extra_repr(self) -> str:
+        curriculum = (f"curriculum={[list(c) for c in self.curriculum]} over {self.curriculum_steps} steps, "
+                      if self.curriculum else "")
         return (
-            f"window={self.window}, ratio={self.ratio}, ratios={list(self.ratios)}, "
+            f"window={self.window}, ratio={self.ratio}, ratios={list(self.ratios)}, {curriculum}"
             f"streaming={self.streaming}, compress={self.compress}"
         )
 
@@ -239,10 +257,18 @@ class VisualSummarizationTokens(nn.Module):
             # open the next window (so no raw token is lost and every beacon sees r raw tokens).
             run.window(s, s.take(self.window // r * r), ratio=r)
 
+    def training_ratios(self, step: int | None = None) -> tuple[int, ...]:
+        """The ratios drawn from at compressed training step ``step`` (default: the current one)."""
+        step = self.compressed_steps if step is None else step
+        if self.curriculum and step < self.curriculum_steps:
+            return self.curriculum[step * len(self.curriculum) // self.curriculum_steps]
+        return self.ratios
+
     def _draw_ratio(self) -> int:
         if not self.training:
             return self.ratio
-        return self.ratios[int(torch.randint(len(self.ratios), ()).item())]
+        ratios = self.training_ratios()
+        return ratios[int(torch.randint(len(ratios), ()).item())]
 
     def _context(self, streams: list[_Stream], B: int, rotary: nn.Module, device: torch.device) -> Context:
         rows = sorted(((row, s, j) for s in streams for j, row in enumerate(s.rows)), key=lambda t: t[0])

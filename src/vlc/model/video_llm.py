@@ -243,6 +243,9 @@ class VideoLLM(L.LightningModule):
             self.compression_started_at.fill_(self.global_step)
             log.info("step %d: uncompressed phase over, %s starts compressing",
                      self.global_step, type(self.compressor).__name__)
+        if hasattr(self.compressor, "compressed_steps"):  # vst's ratio curriculum counts these
+            start = max(0, int(self.compression_started_at)) if self.uncompressed_steps else 0
+            self.compressor.compressed_steps = max(0, self.global_step - start)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self(batch)
