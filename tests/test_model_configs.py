@@ -126,7 +126,7 @@ def test_warmup_ratio_and_cosine_schedule(cfg_factory):
     assert lrs[55] == pytest.approx(0.5) and lrs[99] < 1e-3  # cosine from step 10 to 100, down to 0
 
 
-def test_schedule_restarts_when_the_compressor_starts(cfg_factory):
+def test_schedule_warms_up_again_when_the_compressor_starts(cfg_factory):
     def lrs(*overrides):
         m = build_model(cfg_factory(["~data", "model.uncompressed_steps=40", "optim.warmup_steps=4",
                                      "optim.min_lr_ratio=0.0", "optim.lr=1.0", *overrides]))
@@ -141,11 +141,11 @@ def test_schedule_restarts_when_the_compressor_starts(cfg_factory):
 
     one = lrs()
     assert one[3] == pytest.approx(1.0) and one[52] == pytest.approx(0.5)  # one cosine over steps 4..100
-    two = lrs("optim.restart_at_compression=true")
-    assert two[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and two[22] == pytest.approx(0.5) and two[39] < 0.01
-    assert two[40:44] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # a fresh warm-up at step 40
-    assert two[40 + 4 + 28] == pytest.approx(0.5) and two[99] < 1e-2  # then a cosine over steps 44..100
-    assert lrs("optim.restart_at_compression=true", "model.uncompressed_steps=0") == pytest.approx(one[:4] + lrs()[4:])
+    two = lrs("optim.compression_warmup_steps=10")
+    assert two[:40] == pytest.approx(one[:40])  # the plain phase is untouched
+    assert two[40:50] == pytest.approx([one[s] * (s - 39) / 10 for s in range(40, 50)])  # 0.1 … 1.0 of it
+    assert two[50:] == pytest.approx(one[50:])  # then the same cosine
+    assert lrs("optim.compression_warmup_steps=10", "model.uncompressed_steps=0") == pytest.approx(one)
 
 
 def test_the_step_script_runs_on_the_tiny_backbone(tmp_path):

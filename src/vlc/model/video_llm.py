@@ -435,21 +435,21 @@ class VideoLLM(L.LightningModule):
         else:
             warmup = int(cfg.get("warmup_steps") or 0)
         min_ratio = float(cfg.get("min_lr_ratio", 0.1))
-        # optim.restart_at_compression: the uncompressed phase and the compressed one each get their
-        # own warm-up and cosine, as two training stages would (model.uncompressed_steps).
-        switch = self.uncompressed_steps if cfg.get("restart_at_compression") else 0
-        if not 0 < switch < total:
-            switch = 0
+        # optim.compression_warmup_steps: when the compressor starts (model.uncompressed_steps) the
+        # loss jumps, and AdamW's moments, still those of the converged plain phase, need tens of
+        # steps to catch up. A second linear warm-up from the switch, on top of the schedule,
+        # eases the LLM into reading the compressed context.
+        switch = self.uncompressed_steps if 0 < self.uncompressed_steps < (total or math.inf) else 0
+        rewarm = int(cfg.get("compression_warmup_steps") or 0) if switch else 0
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to min_lr_ratio
-            start, length = (0, switch or total) if step < switch else (switch, total - switch)
-            step -= start
+            factor = min(1.0, (step - switch + 1) / rewarm) if rewarm and step >= switch else 1.0
             if warmup and step < warmup:
-                return (step + 1) / warmup
-            if not length or length <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (length - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+                return factor * (step + 1) / warmup
+            if not total or total <= warmup:
+                return factor
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return factor * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval="step"))
