@@ -137,3 +137,28 @@ def test_ratio_curriculum_counts_compressed_steps_from_the_switch(cfg_factory, m
         VisualSummarizationTokens(window=32, curriculum=[[2], [4], [8]], curriculum_steps=2)
     with pytest.raises(ValueError, match=r"compressor.curriculum holds 64 \(vst\), outside 1..window=32"):
         VisualSummarizationTokens(window=32, curriculum=[[64]], curriculum_steps=4)
+
+
+def test_needle_attention_script_on_a_short_vst_run(cfg_factory, capsys):
+    """scripts/vst_needle_attention.py on a trained checkpoint: per-colour mass in [0, 1] over every
+    validation clip (the script checks its weights reproduce the model's attention output)."""
+    import sys
+
+    cfg = cfg_factory(["experiment=vst_ratio16", *SHORT_RUN, "trainer.max_steps=2", "trainer.val_check_interval=2",
+                       "compressor.window=64"])
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    hydra_dir = Path(cfg.paths.output_dir, ".hydra")
+    hydra_dir.mkdir(exist_ok=True)  # train.py's Hydra writes this; the test composes without it
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    sys.path.insert(0, str(CONFIG_DIR.parent / "scripts"))
+    try:
+        import vst_needle_attention
+    finally:
+        sys.path.pop(0)
+    out = vst_needle_attention.main([str(ckpt)])
+    assert sum(n for _, _, n in out.values()) == 8  # TINY_DATA: 8 validation clips
+    assert all(0.0 <= mass <= 1.0 and 0.0 <= acc <= 1.0 for mass, acc, _ in out.values())
+    assert "needle mass" in capsys.readouterr().out
