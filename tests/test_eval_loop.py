@@ -108,3 +108,26 @@ def test_normalize_answer():
     from vlc.evaluation.loop import normalize_answer
 
     assert normalize_answer("  The Red, square!") == normalize_answer("red square") == "red square"
+
+
+def test_eval_changes_the_checkpoints_compressor_settings(cfg_factory, tmp_path):
+    """ckpt_compressor: a vst checkpoint evaluated at another ratio keeps that many fewer/more beacons;
+    an unknown key, a wrong type or an impossible ratio stops with the key named."""
+    from vlc.run import evaluate, set_compressor, train
+
+    run = cfg_factory(["experiment=vst_ratio16", *TINY_DATA, "trainer.max_steps=1", "compressor.window=32",
+                       "callbacks.progress_bar.refresh_rate=0"])
+    train(run)
+    ckpt = Path(run.paths.output_dir, "checkpoints", "last.ckpt")
+    base = ["ckpt_path=" + str(ckpt), *TINY_DATA]
+    at16 = evaluate(cfg_factory(base, name="eval"))
+    at4 = evaluate(cfg_factory(base + ["+ckpt_compressor.ratio=4"], name="eval"))
+    plain = evaluate(cfg_factory(base + ["+ckpt_compressor.compress=false"], name="eval"))
+    assert (at16["val/kv_tokens"], at4["val/kv_tokens"], plain["val/kv_tokens"]) == (4 + 8, 4 + 32, 4 + 128)
+    from vlc.model.video_llm import VideoLLM
+
+    model = VideoLLM.load_from_checkpoint(str(ckpt), map_location="cpu")
+    for bad, match in [({"ratoi": 4}, "no such plain setting"), ({"compress": 1}, "of that type"),
+                       ({"ratio": 64}, r"ratio=64 \(vst\) is outside 1..window=32")]:
+        with pytest.raises(ValueError, match=match):
+            set_compressor(model.compressor, bad)

@@ -181,6 +181,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def set_compressor(compressor: Any, settings: dict[str, Any]) -> None:
+    """``ckpt_compressor``: change plain settings (bool, int, float, str) the loaded compressor has."""
+    name = type(compressor).__name__
+    for key, value in settings.items():
+        current = getattr(compressor, key, None)
+        plain = isinstance(current, (bool, int, float, str)) and not key.startswith("_")
+        if not plain or isinstance(value, (dict, list)) or (isinstance(current, bool) != isinstance(value, bool)):
+            known = sorted(k for k, v in vars(compressor).items()
+                           if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
+            raise ValueError(f"ckpt_compressor.{key}={value!r}: {name} has no such plain setting of that type; "
+                             f"it has {known}")
+        setattr(compressor, key, type(current)(value))
+        log.info("ckpt_compressor: %s.%s = %r (was %r)", name, key, getattr(compressor, key), current)
+    check = getattr(compressor, "check_settings", None)
+    if settings and check is not None:
+        check()
+
+
 def load_eval_model(cfg: DictConfig) -> VideoLLM:
     """``ckpt_path``'s model, or the config's at random init when it is null (cost figures only).
 
@@ -193,6 +211,9 @@ def load_eval_model(cfg: DictConfig) -> VideoLLM:
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path: no checkpoint file at {path}")
         model = VideoLLM.load_from_checkpoint(str(path), map_location="cpu")
+        settings = cfg.get("ckpt_compressor")
+        if settings:
+            set_compressor(model.compressor, OmegaConf.to_container(settings, resolve=True))
         if prompt:
             model.prompt = PromptBuilder(model.tokenizer, **{**(model.hparams.get("prompt") or {}), **prompt})
         return model

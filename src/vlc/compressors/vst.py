@@ -146,6 +146,13 @@ class VisualSummarizationTokens(nn.Module):
         # (raw tokens, ratio or 0, beacons) per visual window run; a lockstep batch's window counts once
         self.last_windows: list[tuple[int, int, int]] = []
 
+    def check_settings(self) -> None:
+        """Re-check window and ratio after they were changed on a built compressor (eval's ckpt_compressor)."""
+        if self.window < 1:
+            raise ValueError(f"compressor.window={self.window} (vst): raw visual tokens per window, must be >= 1")
+        if not 1 <= self.ratio <= self.window:
+            raise ValueError(f"compressor.ratio={self.ratio} (vst) is outside 1..window={self.window}")
+
     def extra_repr(self) -> str:
         curriculum = (f"curriculum={[list(c) for c in self.curriculum]} over {self.curriculum_steps} steps, "
                       if self.curriculum else "")
