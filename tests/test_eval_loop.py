@@ -124,6 +124,9 @@ def test_eval_changes_the_checkpoints_compressor_settings(cfg_factory, tmp_path)
     at4 = evaluate(cfg_factory(base + ["+ckpt_compressor.ratio=4"], name="eval"))
     plain = evaluate(cfg_factory(base + ["+ckpt_compressor.compress=false"], name="eval"))
     assert (at16["val/kv_tokens"], at4["val/kv_tokens"], plain["val/kv_tokens"]) == (4 + 8, 4 + 32, 4 + 128)
+    assert at4["ckpt_compressor"] == {"ratio": 4} and "ckpt_compressor" not in at16
+    with pytest.raises(ValueError, match="ckpt_path is null"):
+        evaluate(cfg_factory(["ckpt_path=null", *TINY_DATA, "+ckpt_compressor.ratio=4"], name="eval"))
     from vlc.model.video_llm import VideoLLM
 
     model = VideoLLM.load_from_checkpoint(str(ckpt), map_location="cpu")

@@ -217,6 +217,9 @@ def load_eval_model(cfg: DictConfig) -> VideoLLM:
         if prompt:
             model.prompt = PromptBuilder(model.tokenizer, **{**(model.hparams.get("prompt") or {}), **prompt})
         return model
+    if cfg.get("ckpt_compressor"):
+        raise ValueError("ckpt_compressor changes a checkpoint's compressor, but ckpt_path is null: "
+                         "set the compressor group instead (e.g. compressor=vst compressor.ratio=4)")
     log.warning("ckpt_path is null: evaluating a randomly initialised model (cost figures only)")
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -241,6 +244,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
     mode = cfg.get("mode", "eval")
     extra: dict[str, Any] = {"checkpoint": cfg.ckpt_path, "mode": mode}
+    if cfg.get("ckpt_compressor"):
+        extra["ckpt_compressor"] = OmegaConf.to_container(cfg.ckpt_compressor, resolve=True)
     start = time.perf_counter()
     if mode == "niah":
         from vlc.evaluation.niah import plot_heatmap, run_niah, write_csv

@@ -159,7 +159,7 @@ def is_oom(error: BaseException) -> bool:
 
 
 def measure(model: Any, frames: int, size: int, video: Path | None, device: torch.device, backend: str = "decord",
-            precision: str = "32-true", mem_limit_mb: float | None = None, lazy: bool = True) -> dict[str, Any]:
+            precision: str = "32-true", mem_limit_mb: float | None = None, lazy: bool = False) -> dict[str, Any]:
     """Decode + context of one sample: its tokens, times and peak memory (decode included).
 
     ``lazy`` (with a video): frames are decoded where the model asks for them, inside
