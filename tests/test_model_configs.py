@@ -113,31 +113,28 @@ def test_videoxl_stage_experiments_train_what_the_paper_trains(cfg_factory):
     assert groups["llm"][1] == 2 * 4 * (256 + 192 + 192 + 256)  # only the adapters (tiny: 2 layers, r=4)
 
 
-def test_warmup_ratio_and_cosine_schedule(cfg_factory):
-    m = build_model(cfg_factory(["~data", "optim.warmup_ratio=0.1", "optim.min_lr_ratio=0.0", "optim.lr=1.0"]))
-    m._trainer = SimpleNamespace(estimated_stepping_batches=100)
+def _lrs(cfg_factory, *overrides, steps: int = 100) -> list[float]:
+    """The learning rate at each of ``steps`` optimizer steps (lr 1.0, decaying to 0)."""
+    m = build_model(cfg_factory(["~data", "optim.min_lr_ratio=0.0", "optim.lr=1.0", *overrides]))
+    m._trainer = SimpleNamespace(estimated_stepping_batches=steps)
     sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(100):
-        lrs.append(sched.get_last_lr()[0])
+    out = []
+    for _ in range(steps):
+        out.append(sched.get_last_lr()[0])
         sched.optimizer.step()
         sched.step()
+    return out
+
+
+def test_warmup_ratio_and_cosine_schedule(cfg_factory):
+    lrs = _lrs(cfg_factory, "optim.warmup_ratio=0.1")
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # 10 warm-up steps
     assert lrs[55] == pytest.approx(0.5) and lrs[99] < 1e-3  # cosine from step 10 to 100, down to 0
 
 
 def test_schedule_warms_up_again_when_the_compressor_starts(cfg_factory):
     def lrs(*overrides):
-        m = build_model(cfg_factory(["~data", "model.uncompressed_steps=40", "optim.warmup_steps=4",
-                                     "optim.min_lr_ratio=0.0", "optim.lr=1.0", *overrides]))
-        m._trainer = SimpleNamespace(estimated_stepping_batches=100)
-        sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
-        out = []
-        for _ in range(100):
-            out.append(sched.get_last_lr()[0])
-            sched.optimizer.step()
-            sched.step()
-        return out
+        return _lrs(cfg_factory, "model.uncompressed_steps=40", "optim.warmup_steps=4", *overrides)
 
     one = lrs()
     assert one[3] == pytest.approx(1.0) and one[52] == pytest.approx(0.5)  # one cosine over steps 4..100

@@ -72,45 +72,11 @@ def read_video(
     frames bilinearly (with antialiasing, so downscaling does not alias). ``max_frames`` only
     applies to fps sampling; uniform sampling already returns exactly ``num_frames``.
     """
-    path = os.fspath(path)
-    if (num_frames is None) == (fps is None):
-        raise ValueError(
-            f"read_video({path}): give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}"
-        )
-    _check_backend(backend)
-    _check_file(path)
-    if backend == "decord":
-        try:
-            return _read(path, "decord", num_frames, fps, max_frames, start, end, size)
-        except _DecordFailure as error:
-            _warn_fallback(path, error.cause)
-    return _read(path, "av", num_frames, fps, max_frames, start, end, size)
-
-
-def _read(
-    path: str,
-    backend: str,
-    num_frames: int | None,
-    fps: float | None,
-    max_frames: int | None,
-    start: float | None,
-    end: float | None,
-    size: tuple[int, int] | None,
-) -> VideoClip:
-    reader = _open_decord(path) if backend == "decord" else None  # opened once, used twice
-    num_total, native_fps = _stream_info(path, reader)
-    indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
-    # Decode each distinct frame once; uniform sampling of a short clip repeats indices.
-    unique, inverse = np.unique(indices, return_inverse=True)
-    if reader is not None:
-        decoded = _decode_decord(path, reader, unique)
-    else:
-        decoded = _decode_av(path, unique)
-    frames = torch.from_numpy(decoded[inverse])  # (T, H, W, 3) uint8
-    if size is not None:
-        frames = resize_frames(frames, size)
-    times = torch.from_numpy(frame_times(indices, native_fps))  # (T,)
-    return VideoClip(frames=frames, times=times, native_fps=native_fps, duration=num_total / native_fps, path=path)
+    clip = open_video(path, num_frames, fps, max_frames, start, end, backend, size)
+    frames = clip.decode(0, len(clip)).permute(0, 2, 3, 1).contiguous()  # (T, H, W, 3)
+    clip.close()
+    return VideoClip(frames=frames, times=clip.times, native_fps=clip.native_fps, duration=clip.duration,
+                     path=clip.path)
 
 
 def video_info(path: str | os.PathLike, backend: str = "decord") -> tuple[int, float]:
@@ -366,16 +332,30 @@ class LazyClip:
     (DataLoader workers hand clips to the main process) and reopened on the next decode.
     """
 
-    def __init__(self, path: str, indices: np.ndarray, times: torch.Tensor, frame_hw: tuple[int, int],
+    def __init__(self, path: str, indices: np.ndarray, times: torch.Tensor, native_fps: float, duration: float,
                  backend: str, size: tuple[int, int] | None = None, transform=None) -> None:
         self.path, self.indices, self.times = path, indices, times
-        self.frame_hw, self.backend, self.size, self.transform = frame_hw, backend, size, transform
+        self.native_fps, self.duration = native_fps, duration
+        self.backend, self.size, self.transform = backend, size, transform
+        self._frame_hw = (int(size[0]), int(size[1])) if size is not None else None
         self.decode_seconds = 0.0  # time spent decoding so far (the benchmark reports it)
         self._reader = None  # decord.VideoReader, opened on first use
         self._av = None  # (container, frame iterator, index of the next frame it yields)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        """(H, W) of the decoded frames: the resize target, else the stream's (read once, on demand)."""
+        if self._frame_hw is None:
+            if self.backend == "decord":
+                if self._reader is None:
+                    self._reader = _open_decord(self.path)
+                self._frame_hw = tuple(int(x) for x in self._reader[0].shape[:2])
+            else:
+                self._frame_hw = _av_frame_hw(self.path)
+        return self._frame_hw
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -411,9 +391,14 @@ class LazyClip:
         return frames
 
     def _decode_decord(self, unique: np.ndarray) -> np.ndarray:
-        if self._reader is None:
-            self._reader = _open_decord(self.path)
-        return _decode_decord(self.path, self._reader, unique)
+        try:
+            if self._reader is None:
+                self._reader = _open_decord(self.path)
+            return _decode_decord(self.path, self._reader, unique)
+        except _DecordFailure as error:  # FFmpeg reads what decord cannot: PyAV from here on
+            _warn_fallback(self.path, error.cause)
+            self.backend, self._reader = "av", None
+            return self._decode_av(unique)
 
     def _decode_av(self, unique: np.ndarray) -> np.ndarray:
         import av
@@ -480,15 +465,9 @@ def open_video(
             backend = "av"
     num_total, native_fps = _stream_info(path, reader)
     indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
-    times = torch.from_numpy(frame_times(indices, native_fps))
-    if size is not None:
-        frame_hw = (int(size[0]), int(size[1]))
-    elif reader is not None:
-        frame_hw = tuple(int(x) for x in reader[0].shape[:2])
-    else:
-        frame_hw = _av_frame_hw(path)
-    clip = LazyClip(path, indices, times, frame_hw, backend, size, transform)
-    clip._reader = reader
+    times = torch.from_numpy(frame_times(indices, native_fps))  # (T,)
+    clip = LazyClip(path, indices, times, native_fps, num_total / native_fps, backend, size, transform)
+    clip._reader = reader  # opened once, used for the header and the frames
     return clip
 
 
