@@ -131,6 +131,7 @@ def test_eval_changes_the_checkpoints_compressor_settings(cfg_factory, tmp_path)
 
     model = VideoLLM.load_from_checkpoint(str(ckpt), map_location="cpu")
     for bad, match in [({"ratoi": 4}, "no such plain setting"), ({"compress": 1}, "of that type"),
+                       ({"ratio": 4.5}, "of that type"),
                        ({"ratio": 64}, r"ratio=64 \(vst\) is outside 1..window=32")]:
         with pytest.raises(ValueError, match=match):
             set_compressor(model.compressor, bad)

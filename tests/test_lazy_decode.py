@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -104,6 +103,8 @@ def test_collate_pads_like_the_eager_batch(video):
     assert torch.equal(materialize(lazy["pixels"]), eager["pixels"])
     with pytest.raises(IndexError, match=r"\[:, t0:t1\] only"):
         lazy["pixels"][0]
+    with pytest.raises(IndexError, match=r"\[:, t0:t1\] only"):
+        lazy["pixels"][:, 0:4, 0]  # a third index is refused, not dropped
     with pytest.raises(ValueError, match="mixes lazily decoded clips with decoded frames"):
         collate_video_qa([eager_sets[0][0], lazy_sets[1][0]])
 
@@ -163,10 +164,10 @@ def test_bench_decodes_lazily_by_default(tmp_path):
     eager = main(common + ["--decode", "eager", "--out", str(tmp_path / "eager")])
     for rows in (lazy, eager):
         assert rows[0]["status"] == "ok" and rows[0]["decode_ms"] > 0
-    assert (lazy[0]["kv_tokens"], lazy[0]["visual_tokens"]) == (eager[0]["kv_tokens"], eager[0]["visual_tokens"])
+    # 8 frames x 16 tokens, one beacon per 16 raw tokens after the 4-token prefix, either way
+    assert (lazy[0]["visual_tokens"], lazy[0]["kv_tokens"]) == (eager[0]["visual_tokens"], eager[0]["kv_tokens"]) == (128, 12)
     assert "decoded lazily from mp4" in (tmp_path / "lazy" / "bench.md").read_text()
     assert "decoded from mp4" in (tmp_path / "eager" / "bench.md").read_text()
-    assert np.isfinite(lazy[0]["peak_mem_mb"])
 
 
 def test_training_run_validates_from_lazy_frames_like_from_decoded(cfg_factory, tmp_path):

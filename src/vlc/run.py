@@ -187,7 +187,9 @@ def set_compressor(compressor: Any, settings: dict[str, Any]) -> None:
     for key, value in settings.items():
         current = getattr(compressor, key, None)
         plain = isinstance(current, (bool, int, float, str)) and not key.startswith("_")
-        if not plain or isinstance(value, (dict, list)) or (isinstance(current, bool) != isinstance(value, bool)):
+        lossy = isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) \
+            and not value.is_integer()  # ratio=4.5 must not become 4
+        if not plain or lossy or isinstance(value, (dict, list)) or (isinstance(current, bool) != isinstance(value, bool)):
             known = sorted(k for k, v in vars(compressor).items()
                            if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
             raise ValueError(f"ckpt_compressor.{key}={value!r}: {name} has no such plain setting of that type; "

@@ -517,7 +517,7 @@ class LazyFrames:
         return LazyFrames(self.clips, device)
 
     def __getitem__(self, key) -> torch.Tensor:
-        rows, frames = (key, slice(None)) if not isinstance(key, tuple) else (key + (slice(None),))[:2]
+        rows, frames = key if isinstance(key, tuple) and len(key) == 2 else (key, None)
         if rows != slice(None) or not isinstance(frames, slice) or frames.step not in (None, 1):
             raise IndexError(f"LazyFrames supports [:, t0:t1] only, got {key!r}")
         t0, t1, _ = frames.indices(self.shape[1])
