@@ -159,6 +159,9 @@ def test_needle_attention_script_on_a_short_vst_run(cfg_factory, capsys):
     finally:
         sys.path.pop(0)
     out = vst_needle_attention.main([str(ckpt)])
-    assert sum(n for _, _, n in out.values()) == 8  # TINY_DATA: 8 validation clips
-    assert all(0.0 <= mass <= 1.0 and 0.0 <= acc <= 1.0 for mass, acc, _ in out.values())
+    assert sum(n for _, _, n, _ in out.values()) == 8  # TINY_DATA: 8 validation clips
+    assert all(0.0 <= mass <= 1.0 and 0.0 <= acc <= 1.0 for mass, acc, _, _ in out.values())
+    assert all(len(heads) == 4 and max(heads) == mass for mass, _, _, heads in out.values())  # model=tiny: 4 heads
     assert "needle mass" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="layers 0..0"):  # model=tiny has 2 layers: only layer 0's beacons are read
+        vst_needle_attention.main([str(ckpt), "--layer", "1"])
