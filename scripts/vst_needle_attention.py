@@ -26,7 +26,7 @@ from vlc.evaluation.loop import predict
 from vlc.model.video_llm import VideoLLM
 
 
-def main(argv: list[str] | None = None) -> dict[str, tuple[float, float, int]]:
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float, int, list[float]]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpt", type=Path)
     p.add_argument("--layer", type=int, default=0, help="decoder layer (0 = first; not the last)")
