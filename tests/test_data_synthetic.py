@@ -231,3 +231,23 @@ def test_needle_grid(tmp_path):
     alone = read_mc_json(ensure_needle_grid(tmp_path / "alone", [12], [0.5], 2, 16, 2.0))
     in_grid = [s for s in samples if (s.meta["length"], s.meta["depth"]) == (12, 0.5)]
     assert [(s.answer, s.candidates, s.meta) for s in alone] == [(s.answer, s.candidates, s.meta) for s in in_grid]
+
+
+def test_no_linear_readout_finds_every_needle_colour_above_the_haystack():
+    """scripts/needle_palette_separability.py: the palette surrounds the haystack's grey, so one
+    direction in RGB scores at most 5 of the 8 colours above the haystack's patch greys (7 against a
+    single grey, green being the odd one out) -- why a vst beacon's shared query finds half the colours."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import needle_palette_separability as sep
+    finally:
+        sys.path.pop(0)
+    lo, hi = sep.haystack_grey_range(clips=20, percentile=0.5)
+    assert 45 < lo < 80 and 165 < hi < 200  # over 200 clips: 54-183
+    assert sep.most_colours_above_grey(lo, hi)[0] == 5
+    n, names = sep.most_colours_above_grey(120.0, 120.0)
+    assert n == 7 and "green" not in names
+    assert sep.most_colours_above_grey(lo, hi, {"white": (250, 250, 250), "pale": (240, 235, 245)})[0] == 2
