@@ -167,9 +167,18 @@ class VideoLLM(L.LightningModule):
     def with_compressor(self, settings: dict[str, Any]) -> None:
         """Rebuild the compressor with ``settings`` changed (``eval.py +ckpt_compressor.ratio=4``) and
         the trained weights kept: the constructor checks the new settings as it checks any config."""
+        import inspect
+
+        from vlc.compressors.base import compressor_class, show
+
         cfg = dict(self.hparams.get("compressor") or {})
         if not cfg:
             raise ValueError("ckpt_compressor: this checkpoint has no compressor to change")
+        params = inspect.signature(compressor_class(cfg["_target_"])).parameters
+        for key, value in settings.items():  # a switch stays a switch: compress=1 is a typo, not True
+            default = cfg.get(key, params[key].default if key in params else None)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"compressor.{key}={show(value)}: a true/false setting")
         made = self._build_compressor({**cfg, **settings}, self.backbone)
         missing, unexpected = made.load_state_dict(self.compressor.state_dict(), strict=False)
         if missing or unexpected:
