@@ -224,7 +224,8 @@ class VideoLLM(L.LightningModule):
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_step(self, batch: dict) -> None:
-        self._records += self.pipeline.evaluate(batch)
+        if batch["ids"]:  # a batch of only unreadable items (data.on_error=skip) has nothing to score
+            self._records += self.pipeline.evaluate(batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
         records = gather(self._records)
