@@ -1,0 +1,150 @@
+"""Tiny random pretrained video LLMs, saved the way their hub checkpoints are, for tests.
+
+Each factory builds the real transformers class from a tiny config (random weights), builds its
+processor around a tokenizer made locally (``build_tiny_tokenizer`` plus the model's placeholder
+tokens), and ``save_pretrained``s both into a folder. Tests then load that folder through
+``vlc.backbone.hf.build_backbone``: the same code path a user takes with a hub name, no download.
+
+The geometry mimics the real models where it matters to the layout. LLaVA-OneVision's SigLIP
+sees 384 px with 14 px patches: 27 x 27 patches cover 378 px (the last 6 px are never read), and
+the 2x2 bilinear pool gives 14 x 14, each pooled token covering 378 / 14 = 27 px. The tiny one sees
+16 px with 3 px patches: 5 x 5 patches cover 15 px (1 px never read), pooled to 3 x 3 tokens of
+5 px each — an odd grid side, a dropped border and pooled regions that tile, as in the real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vlc.backbone.tokenizer import build_tiny_tokenizer
+
+IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
+
+# LLaVA-OneVision's chat template (Qwen2 chat markers; images, then videos, then the text).
+LLAVA_ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """vlc's tiny byte-level BPE tokenizer with the LLaVA placeholders ``<image>`` and ``<video>``."""
+    tok = build_tiny_tokenizer()
+    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    return tok
+
+
+def tiny_qwen2_config(vocab_size: int, **overrides):
+    from transformers import Qwen2Config
+
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,  # as LLaVA-OneVision-0.5B (Qwen2-0.5B ties them)
+    )
+    kw.update(overrides)
+    return Qwen2Config(**kw)
+
+
+def save_tiny_llava_onevision(path: str | Path, seed: int = 0, vision_feature_layer=-1,
+                              vision_feature_select_strategy: str = "full") -> Path:
+    """A tiny LlavaOnevisionForConditionalGeneration + LlavaOnevisionProcessor saved to ``path``.
+
+    SigLIP: 16 px, 3 px patches (5 x 5 = 25 patches), width 32, 3 layers; Qwen2: width 64, 2 layers.
+    Video tokens per frame: ceil(5/2)^2 = 9, plus one newline after the last frame.
+    """
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        SiglipVisionConfig,
+    )
+
+    path = Path(path)
+    tok = tiny_tokenizer()
+    vision = SiglipVisionConfig(
+        image_size=16, patch_size=3, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, vision_use_head=False,
+    )
+    config = LlavaOnevisionConfig(
+        text_config=tiny_qwen2_config(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_index=tok.convert_tokens_to_ids(VIDEO_TOKEN),
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a visible newline: random-init is ~N(0, 1/sqrt(D)), keep it that way
+        model.model.image_newline.normal_(0, 1.0)
+    model.save_pretrained(path)
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # the released checkpoints' SigLIP normalisation
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": 16, "width": 16}, image_grid_pinpoints=config.image_grid_pinpoints,
+            image_mean=mean, image_std=std,
+        ),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": 16, "width": 16}, image_mean=mean, image_std=std),
+        tokenizer=tok,
+        num_image_tokens=25,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        chat_template=LLAVA_ONEVISION_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def random_frames(batch: int, frames: int, size: int = 20, seed: int = 0) -> torch.Tensor:
+    """uint8 frames (B, T, 3, size, size); a size other than the processor's exercises its resize."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def vlc_logits(backbone, frames, question: str, answer: str, on_encoder=None, on_projected=None):
+    """Logits of ``prefix | visual span | question + answer`` for ONE sample, composed from the
+    Backbone's steps as the pipeline runs them (encode → [compressor] → project → [compressor] →
+    visual_span → one LLM forward). Returns (logits (1, L, V), span, text ids (1, Lt))."""
+    B, T = frames.shape[:2]
+    ft, pixels = backbone.encode(frames, torch.ones(B, T, dtype=torch.bool), torch.arange(T, dtype=torch.float)[None])
+    if on_encoder is not None:
+        ft = on_encoder(ft, pixels=pixels)
+    ft = backbone.project(ft)
+    if on_projected is not None:
+        ft = on_projected(ft, pixels=pixels)
+    span = backbone.visual_span(ft)
+    prefix = torch.tensor(backbone.prompt.prefix_ids())[None]
+    text = backbone.prompt.training_batch([question], [None], [answer]).ids
+    embeds = torch.cat([backbone.embed(prefix), span.embeds, backbone.embed(text)], 1)
+    out = backbone.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
+    return out.logits, span, torch.cat([prefix, text], 1)
+
+
+def hf_logits(backbone, frames, question: str, answer: str):
+    """The same sample through the model's own path: its processor on the frames and on the chat
+    template's text (one video, the question; the assistant's answer), then ``model(**inputs)``.
+    Returns (logits (1, L, V), input_ids (1, L))."""
+    processor = backbone.processor
+    chat = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    text = processor.apply_chat_template(chat, tokenize=False)
+    inputs = processor(text=text, videos=[frames[0]], return_tensors="pt")
+    return backbone.hf_model(**inputs).logits, inputs["input_ids"]
