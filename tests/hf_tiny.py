@@ -148,3 +148,108 @@ def hf_logits(backbone, frames, question: str, answer: str):
     text = processor.apply_chat_template(chat, tokenize=False)
     inputs = processor(text=text, videos=[frames[0]], return_tensors="pt")
     return backbone.hf_model(**inputs).logits, inputs["input_ids"]
+
+
+# ---------------------------------------------------------------------------- Video-XL
+
+# Video-XL's LlavaQwenForCausalLM as saved by its training code (transformers 4.40 names): a CLIP
+# vision tower inside LLaVA's CLIPVisionTower, an mlp2x_gelu mm_projector, Qwen2 with per-layer
+# beacon q/k/v projections and a one-row beacon embedding.
+VIDEOXL_TINY = {
+    "clip": dict(hidden=64, intermediate=128, layers=2, image=24, patch=4),  # 6 x 6 patches, 1 head of 64
+    "qwen2": dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
+}
+
+
+def videoxl_tensors(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor of a tiny Video-XL checkpoint, by its key in Video-XL's own layout."""
+    c, q = VIDEOXL_TINY["clip"], VIDEOXL_TINY["qwen2"]
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.1, mean=0.0):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    t: dict[str, torch.Tensor] = {}
+    v = "model.vision_tower.vision_tower.vision_model."
+    H, I = c["hidden"], c["intermediate"]
+    t[v + "embeddings.class_embedding"] = rand(H)
+    t[v + "embeddings.patch_embedding.weight"] = rand(H, 3, c["patch"], c["patch"])
+    t[v + "embeddings.position_embedding.weight"] = rand((c["image"] // c["patch"]) ** 2 + 1, H)
+    for ln in ("pre_layrnorm", "post_layernorm"):
+        t[v + f"{ln}.weight"], t[v + f"{ln}.bias"] = rand(H, mean=1.0), rand(H)
+    for i in range(c["layers"]):
+        p = v + f"encoder.layers.{i}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            t[p + f"self_attn.{proj}.weight"], t[p + f"self_attn.{proj}.bias"] = rand(H, H), rand(H)
+        for ln in ("layer_norm1", "layer_norm2"):
+            t[p + f"{ln}.weight"], t[p + f"{ln}.bias"] = rand(H, mean=1.0), rand(H)
+        t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"] = rand(I, H), rand(I)
+        t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"] = rand(H, I), rand(H)
+
+    D, Iq, heads, kv = q["hidden"], q["intermediate"], q["heads"], q["kv_heads"]
+    Dkv = D // heads * kv
+    t["model.mm_projector.0.weight"], t["model.mm_projector.0.bias"] = rand(D, H), rand(D)
+    t["model.mm_projector.2.weight"], t["model.mm_projector.2.bias"] = rand(D, D), rand(D)
+    t["model.embed_tokens.weight"] = rand(vocab_size, D)
+    t["model.beacon_embed_tokens.weight"] = rand(1, D)
+    for i in range(q["layers"]):
+        p = f"model.layers.{i}."
+        for name, out in (("q", D), ("k", Dkv), ("v", Dkv)):
+            t[p + f"self_attn.{name}_proj.weight"], t[p + f"self_attn.{name}_proj.bias"] = rand(out, D), rand(out)
+            # trained beacon projections: near the base ones, not equal to them
+            t[p + f"self_attn.beacon_{name}_proj.weight"] = t[p + f"self_attn.{name}_proj.weight"] + rand(out, D, std=0.05)
+            t[p + f"self_attn.beacon_{name}_proj.bias"] = t[p + f"self_attn.{name}_proj.bias"] + rand(out, std=0.05)
+        t[p + "self_attn.o_proj.weight"] = rand(D, D)
+        t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"] = rand(Iq, D), rand(Iq, D)
+        t[p + "mlp.down_proj.weight"] = rand(D, Iq)
+        t[p + "input_layernorm.weight"] = rand(D, mean=1.0)
+        t[p + "post_attention_layernorm.weight"] = rand(D, mean=1.0)
+    t["model.norm.weight"] = rand(D, mean=1.0)
+    t["lm_head.weight"] = rand(vocab_size, D)
+    return t
+
+
+def videoxl_config(vocab_size: int, eos_token_id: int) -> dict:
+    """config.json of the tiny checkpoint: Video-XL's fields (LLaVA mm_*, beacon_*) at tiny sizes."""
+    c, q = VIDEOXL_TINY["clip"], VIDEOXL_TINY["qwen2"]
+    return {
+        "architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen",
+        "vocab_size": vocab_size, "hidden_size": q["hidden"], "intermediate_size": q["intermediate"],
+        "num_hidden_layers": q["layers"], "num_attention_heads": q["heads"], "num_key_value_heads": q["kv_heads"],
+        "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 32768,
+        "max_window_layers": 28, "attention_dropout": 0.0, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
+        "torch_dtype": "float32", "use_cache": True,
+        "mm_vision_tower": "clip-vit-large-patch14-336", "mm_hidden_size": c["hidden"], "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "unires",
+        "mm_resampler_type": "spatial_pool", "mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "average",
+        "mm_spatial_pool_out_channels": 1024, "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
+        "image_aspect_ratio": "anyres", "use_mm_proj": True, "tokenizer_model_max_length": 32768,
+        "tokenizer_padding_side": "right", "enable_beacon": True,
+        "beacon_window": 16, "beacon_stride": 16, "beacon_attn": "full-coverage", "beacon_ratio": [2, 4, 8],
+        "beacon_ratio_mix": "step-random", "beacon_param": ["q", "k", "v"], "beacon_embed_init": "eos",
+        "beacon_sink_size": 0, "beacon_attend_prev": True, "beacon_pos": "interleave", "beacon_parallel_window": 1,
+    }
+
+
+def save_tiny_videoxl(path: str | Path, seed: int = 0, tensors: dict | None = None) -> tuple[Path, dict]:
+    """A tiny Video-XL checkpoint folder: config.json, two safetensors shards with their index, and
+    the tokenizer. Returns (folder, the tensors written by key)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = build_tiny_tokenizer()
+    tensors = videoxl_tensors(len(tok), seed) if tensors is None else tensors
+    keys = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, part in shards.items():
+        save_file({k: tensors[k].contiguous() for k in part}, str(path / name), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (path / "config.json").write_text(json.dumps(videoxl_config(len(tok), tok.eos_token_id), indent=2))
+    tok.save_pretrained(path)
+    return path, tensors
