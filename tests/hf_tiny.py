@@ -150,6 +150,79 @@ def hf_logits(backbone, frames, question: str, answer: str):
     return backbone.hf_model(**inputs).logits, inputs["input_ids"]
 
 
+# ---------------------------------------------------------------------------- LLaVA-NeXT-Video
+
+# LLaVA-NeXT-Video-7B's chat template (Vicuna roles "USER: " / "ASSISTANT:", each text followed by a space).
+LLAVA_NEXT_VIDEO_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def tiny_llama_tokenizer():
+    """The tiny tokenizer with Llama's habit: ``<s>`` prepended whenever special tokens are added."""
+    from tokenizers import processors
+
+    tok = tiny_tokenizer()
+    tok.add_tokens(["<s>"], special_tokens=True)
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tok.bos_token = "<s>"
+    return tok
+
+
+def save_tiny_llava_next_video(path: str | Path, seed: int = 0) -> Path:
+    """A tiny LlavaNextVideoForConditionalGeneration + LlavaNextVideoProcessor saved to ``path``.
+
+    CLIP: 24 px, 4 px patches (6 x 6 = 36 patches + CLS), width 32, 3 layers, layer -2 without CLS;
+    average pool 2 → 3 x 3 = 9 tokens per frame, no newline for video; Llama: width 64, 2 layers.
+    The video processor resizes the shortest side to 24 and centre-crops 24 x 24 (336 for the real one).
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextImageProcessor,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+        LlavaNextVideoVideoProcessor,
+    )
+
+    path = Path(path)
+    tok = tiny_llama_tokenizer()
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    vision = CLIPVisionConfig(image_size=24, patch_size=4, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
+    config = LlavaNextVideoConfig(
+        text_config=text, vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), video_token_index=tok.convert_tokens_to_ids(VIDEO_TOKEN),
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        spatial_pool_mode="average", spatial_pool_stride=2, image_grid_pinpoints=[[24, 48], [48, 24], [48, 48]],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextVideoForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}),
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24},
+                                                image_grid_pinpoints=config.image_grid_pinpoints),
+        tokenizer=tok, chat_template=LLAVA_NEXT_VIDEO_TEMPLATE, patch_size=4,
+        vision_feature_select_strategy="default",
+    )
+    processor.save_pretrained(path)
+    return path
+
+
 # ---------------------------------------------------------------------------- Video-XL
 
 # Video-XL's LlavaQwenForCausalLM as saved by its training code (transformers 4.40 names): a CLIP

@@ -33,14 +33,17 @@ from vlc.tokens import FrameTokens
 
 
 class LlavaProjector(nn.Module):
-    """The model's ``multi_modal_projector`` together with its ``image_newline``: the two learnt parts
-    at LLM width between the vision tower and the language model, frozen or trained together
-    (``freeze.projector``). Both are the VLM's own objects, not copies."""
+    """The model's ``multi_modal_projector`` together with its ``image_newline`` (and, for models that
+    pool before projecting, its ``vision_resampler``): the learnt parts between the vision tower and
+    the language model, frozen or trained together (``freeze.projector``). All are the VLM's own
+    objects, not copies; ``forward`` is the projector alone (the pooling is the Backbone's ``project``)."""
 
-    def __init__(self, multi_modal_projector: nn.Module, image_newline: nn.Parameter | None):
+    def __init__(self, multi_modal_projector: nn.Module, image_newline: nn.Parameter | None,
+                 resampler: nn.Module | None = None):
         super().__init__()
         self.multi_modal_projector = multi_modal_projector
         self.image_newline = image_newline  # (D,) or None
+        self.resampler = resampler
 
     def forward(self, x: Tensor) -> Tensor:  # (..., Dv) → (..., D)
         return self.multi_modal_projector(x)

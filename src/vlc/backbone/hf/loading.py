@@ -70,10 +70,12 @@ def prompt_from_chat_template(processor, video_token: str, question: str = "{que
 
     The template is rendered for one user turn (a video, then the text ``QUESTION_SLOT``) with the
     generation prompt, and again with an assistant turn ``ANSWER_SLOT``. The prefix is everything
-    before the video placeholder; the question everything after it up to the generation prompt,
-    with the slot replaced by ``question``; the answer is ``{answer}`` and whatever the template puts
-    after an assistant turn (e.g. ``<|im_end|>\\n``). What the model's own prompt holds before the
-    video (a system prompt, the role header) is thus vlc's prefix — the sink of ``vst``."""
+    before the video placeholder (and the tokenizer's BOS where it adds one, as Llama's does); the
+    question everything after it up to the generation prompt, with the slot replaced by ``question``;
+    the answer is ``{answer}`` and whatever the template puts after an assistant turn (e.g.
+    ``<|im_end|>\\n``), with the space a template writes before the answer text ("ASSISTANT: red").
+    What the model's own prompt holds before the video (a system prompt, the role header) is thus
+    vlc's prefix — the sink of ``vst``."""
     user = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION_SLOT}]}
     asked = processor.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
     answered = processor.apply_chat_template(
@@ -96,9 +98,18 @@ def prompt_from_chat_template(processor, video_token: str, question: str = "{que
             f"(generation prompt render: {asked!r}; with the answer: {answered!r})"
         )
     before, after = tail.split(ANSWER_SLOT, 1)
+    # "ASSISTANT:" then " red": a space before the answer text is its first token's (" red", "▁red").
+    lead = before if not before.strip() else ""
+    # The model's processor tokenizes its prompt with the tokenizer's special tokens (Llama's <s>);
+    # vlc encodes each piece without them, so the prefix carries the BOS itself.
+    tok = processor.tokenizer
+    bos = tok.bos_token
+    with_bos = tok("a").input_ids[:1] == [tok.bos_token_id] != tok("a", add_special_tokens=False).input_ids[:1]
+    if bos is not None and with_bos and not prefix.startswith(bos):
+        prefix = bos + prefix
     escape = lambda s: s.replace("{", "{{").replace("}", "}}")  # noqa: E731 - PromptBuilder formats these
     return {
         "prefix": prefix,
-        "question": escape(rest + before).replace(QUESTION_SLOT, question),
-        "answer": "{answer}" + escape(after),
+        "question": escape(rest + (before if not lead else "")).replace(QUESTION_SLOT, question),
+        "answer": escape(lead) + "{answer}" + escape(after),
     }
