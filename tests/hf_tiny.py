@@ -157,7 +157,8 @@ LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
@@ -204,7 +205,8 @@ def save_tiny_llava_next_video(path: str | Path, seed: int = 0) -> Path:
                               num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
     config = LlavaNextVideoConfig(
         text_config=text, vision_config=vision,
-        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), video_token_index=tok.convert_tokens_to_ids(VIDEO_TOKEN),
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_index=tok.convert_tokens_to_ids(VIDEO_TOKEN),
         vision_feature_layer=-2, vision_feature_select_strategy="default",
         spatial_pool_mode="average", spatial_pool_stride=2, image_grid_pinpoints=[[24, 48], [48, 24], [48, 48]],
         tie_word_embeddings=False,
@@ -270,8 +272,9 @@ def videoxl_tensors(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
         for name, out in (("q", D), ("k", Dkv), ("v", Dkv)):
             t[p + f"self_attn.{name}_proj.weight"], t[p + f"self_attn.{name}_proj.bias"] = rand(out, D), rand(out)
             # trained beacon projections: near the base ones, not equal to them
-            t[p + f"self_attn.beacon_{name}_proj.weight"] = t[p + f"self_attn.{name}_proj.weight"] + rand(out, D, std=0.05)
-            t[p + f"self_attn.beacon_{name}_proj.bias"] = t[p + f"self_attn.{name}_proj.bias"] + rand(out, std=0.05)
+            base = p + f"self_attn.{name}_proj."
+            t[p + f"self_attn.beacon_{name}_proj.weight"] = t[base + "weight"] + rand(out, D, std=0.05)
+            t[p + f"self_attn.beacon_{name}_proj.bias"] = t[base + "bias"] + rand(out, std=0.05)
         t[p + "self_attn.o_proj.weight"] = rand(D, D)
         t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"] = rand(Iq, D), rand(Iq, D)
         t[p + "mlp.down_proj.weight"] = rand(D, Iq)
@@ -293,7 +296,8 @@ def videoxl_config(vocab_size: int, eos_token_id: int) -> dict:
         "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 32768,
         "max_window_layers": 28, "attention_dropout": 0.0, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
         "torch_dtype": "float32", "use_cache": True,
-        "mm_vision_tower": "clip-vit-large-patch14-336", "mm_hidden_size": c["hidden"], "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_tower": "clip-vit-large-patch14-336", "mm_hidden_size": c["hidden"],
+        "mm_projector_type": "mlp2x_gelu",
         "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "unires",
         "mm_resampler_type": "spatial_pool", "mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "average",
         "mm_spatial_pool_out_channels": 1024, "mm_use_im_start_end": False, "mm_use_im_patch_token": False,

@@ -99,7 +99,7 @@ def test_vst_on_llava_onevision_prefill_equals_full_forward_and_compresses(ov):
     from vlc.compressors.vst import VisualSummarizationTokens
 
     frames = video()
-    full, span, ids = vlc_logits(ov, frames, "Which color?", "red")
+    full, span, _ = vlc_logits(ov, frames, "Which color?", "red")
     prefix = torch.tensor(ov.prompt.prefix_ids())[None]
     text = ov.prompt.training_batch(["Which color?"], [None], ["red"]).ids
     sink = ov.embed(prefix)

@@ -64,7 +64,8 @@ def test_real_geometry_144_tokens_per_frame():
 ])
 @torch.no_grad()
 def test_compressors_on_llava_next_video(nv, cfg, sits, expected):
-    compressor = build_compressor(cfg, dim=nv.vision_dim if sits == "encoder" else nv.hidden_size, pixel_std=nv.pixel_std)
+    dim = nv.vision_dim if sits == "encoder" else nv.hidden_size
+    compressor = build_compressor(cfg, dim=dim, pixel_std=nv.pixel_std)
     ft, pixels = nv.encode(random_frames(1, 3, size=24), torch.ones(1, 3, dtype=torch.bool), torch.arange(3.0)[None])
     ft = nv.project(compressor(ft, pixels=pixels)) if sits == "encoder" else compressor(nv.project(ft), pixels=pixels)
     assert int(nv.visual_span(ft).mask.sum()) == expected

@@ -54,7 +54,8 @@ def test_every_key_is_placed_where_vlc_keeps_it(vxl, written):
         assert torch.equal(got, value), key
         placed += 1
     assert placed == len(tensors) == 83 and vxl.left_out == []
-    assert len(encoder) + len(projector) + len(llm) + len(beacons) == 39 + 4 + 27 + 13  # nothing vlc holds is left unset
+    # ... and nothing vlc holds is left unset: CLIP 39, projector 4, Qwen2 27, beacons 13.
+    assert len(encoder) + len(projector) + len(llm) + len(beacons) == 39 + 4 + 27 + 13
 
 
 def test_video_layout_and_settings(vxl):
@@ -81,8 +82,8 @@ def reference_llm_and_span(tensors, frames):
         num_hidden_layers=q["layers"], num_attention_heads=q["heads"], num_key_value_heads=q["kv_heads"],
         rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
     ), attn_implementation="sdpa").eval()
-    text_keys = {k: v for k, v in tensors.items()
-                 if not k.startswith(("model.vision_tower", "model.mm_projector", "model.beacon_")) and "beacon_" not in k}
+    visual = ("model.vision_tower", "model.mm_projector")
+    text_keys = {k: v for k, v in tensors.items() if not k.startswith(visual) and "beacon_" not in k}
     llm.load_state_dict(text_keys, strict=True)
 
     clip = CLIPVisionModel(CLIPVisionConfig(
@@ -107,7 +108,8 @@ def vst_logits(llm, tokenizer, vst, span, text: str):
     prefix = tokenizer(PROMPT["prefix"], add_special_tokens=False, return_tensors="pt").input_ids
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     embed = llm.get_input_embeddings()
-    ctx = vst.prefill(llm, embed(prefix), torch.ones_like(prefix), [(span, torch.ones(span.shape[:2], dtype=torch.long))])
+    visual = [(span, torch.ones(span.shape[:2], dtype=torch.long))]
+    ctx = vst.prefill(llm, embed(prefix), torch.ones_like(prefix), visual)
     positions = ctx.next_position[:, None] + torch.arange(ids.shape[1])[None]
     out = llm(inputs_embeds=embed(ids), past_key_values=ctx.cache, position_ids=positions,
               attention_mask=torch.cat([ctx.attention_mask, torch.ones_like(ids)], 1))
@@ -155,7 +157,8 @@ def test_vst_with_videoxl_weights_equals_vst_given_the_tensors(vxl, written):
      r"missing keys \['model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias'\]"),
     ("drop:model.beacon_embed_tokens.weight", r"missing key 'model.beacon_embed_tokens.weight'"),
     ("add:model.vision_resampler.pool.weight", r"unexpected keys \['model.vision_resampler.pool.weight'\]"),
-    ("add:model.layers.0.self_attn.beacon_o_proj.weight", r"unexpected keys \['model.layers.0.self_attn.beacon_o_proj.weight'\]"),
+    ("add:model.layers.0.self_attn.beacon_o_proj.weight",
+     r"unexpected keys \['model.layers.0.self_attn.beacon_o_proj.weight'\]"),
 ])
 def test_a_missing_or_unexpected_key_is_named(tmp_path, change, message):
     action, key = change.split(":")

@@ -31,7 +31,8 @@ def convert_videoxl(folder: str | Path, out: str | Path, dtype: str = "bfloat16"
     state = {}
     for part in ("encoder", "projector", "llm"):
         state.update({f"backbone.{part}.{k}": v for k, v in getattr(backbone, part).state_dict().items()})
-    state.update({f"compressor.{k}": v.to(backbone.llm.dtype) for k, v in backbone.pretrained_compressor_state["vst"].items()})
+    beacons = backbone.pretrained_compressor_state["vst"]
+    state.update({f"compressor.{k}": v.to(backbone.llm.dtype) for k, v in beacons.items()})
     meta = {"source": "videoxl", "folder": str(Path(folder).expanduser().resolve()),
             "config": backbone.config_json, "compressor": backbone.vst_settings}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,9 @@ class LlavaOnevisionBackbone(Backbone):
     def __init__(self, model, processor, frames_per_pass: int = 64):
         super().__init__()
         if frames_per_pass < 1:
-            raise ValueError(f"backbone.frames_per_pass={frames_per_pass}; frames through the vision tower at once, >= 1")
+            raise ValueError(
+                f"backbone.frames_per_pass={frames_per_pass}; frames through the vision tower at once, >= 1"
+            )
         config = model.config
         self.__dict__["hf_model"] = model  # not a submodule: its parts are registered below, once
         self.__dict__["processor"] = processor

@@ -107,7 +107,7 @@ def prompt_from_chat_template(processor, video_token: str, question: str = "{que
     with_bos = tok("a").input_ids[:1] == [tok.bos_token_id] != tok("a", add_special_tokens=False).input_ids[:1]
     if bos is not None and with_bos and not prefix.startswith(bos):
         prefix = bos + prefix
-    escape = lambda s: s.replace("{", "{{").replace("}", "}}")  # noqa: E731 - PromptBuilder formats these
+    escape = lambda s: s.replace("{", "{{").replace("}", "}}")  # PromptBuilder formats these
     return {
         "prefix": prefix,
         "question": escape(rest + (before if not lead else "")).replace(QUESTION_SLOT, question),

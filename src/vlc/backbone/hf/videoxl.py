@@ -141,7 +141,7 @@ def split_state_dict(state: dict[str, Tensor], config: dict, source: str = "chec
             ckpt.left_out.append(key)
         elif key.startswith(("model.vision_resampler.", "model.mm_")) or beacon:
             unexpected.append(key)
-        elif key.startswith("model.") or key.startswith("lm_head."):
+        elif key.startswith(("model.", "lm_head.")):
             ckpt.llm[key] = value
         else:
             unexpected.append(key)
@@ -268,7 +268,9 @@ class VideoXLBackbone(Backbone):
                  frames_per_pass: int = 64):
         super().__init__()
         if frames_per_pass < 1:
-            raise ValueError(f"backbone.frames_per_pass={frames_per_pass}; frames through the vision tower at once, >= 1")
+            raise ValueError(
+                f"backbone.frames_per_pass={frames_per_pass}; frames through the vision tower at once, >= 1"
+            )
         config = ckpt.config
         self.encoder, self.projector, self.llm = encoder, projector, llm
         self.tokenizer = tokenizer
@@ -280,10 +282,10 @@ class VideoXLBackbone(Backbone):
         self.frames_per_pass = int(frames_per_pass)
         self.select_layer = int(config.get("mm_vision_select_layer", -2))
         self.select_feature = config.get("mm_vision_select_feature", "patch")
-        if self.select_feature not in ("patch", "cls_patch"):
-            raise ValueError(f"videoxl: mm_vision_select_feature={self.select_feature!r}; vlc reads 'patch' and 'cls_patch'")
-        if self.select_feature == "cls_patch":
-            raise ValueError("videoxl: mm_vision_select_feature='cls_patch' puts the CLS token on the pooling grid; not supported")
+        if self.select_feature != "patch":  # "cls_patch" would put the CLS token on the pooling grid
+            raise ValueError(
+                f"videoxl: mm_vision_select_feature={self.select_feature!r}; Video-XL's video path reads 'patch'"
+            )
         self.pool_stride = int(config.get("mm_spatial_pool_stride", 2))
         self.pool_mode = config.get("mm_spatial_pool_mode", "average")
         if self.pool_mode not in ("average", "max"):
@@ -332,7 +334,8 @@ class VideoXLBackbone(Backbone):
             image_processor = CLIPImageProcessor.from_pretrained(str(folder))
         else:  # the tower's own processor (CLIPImageProcessor of clip-vit-large-patch14-336): resize, crop
             size = encoder.config.image_size
-            image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            image_processor = CLIPImageProcessor(size={"shortest_edge": size},
+                                                 crop_size={"height": size, "width": size})
         tokenizer = AutoTokenizer.from_pretrained(str(folder), config=text)  # not config.json: no llava_qwen class
         return cls(encoder.eval(), projector, llm.eval(), tokenizer, image_processor, ckpt, frames_per_pass)
 
