@@ -133,3 +133,35 @@ def test_unknown_family_and_missing_folder_are_named():
         build_backbone("llava_onevision", "/nonexistent/ov")
     with pytest.raises(ValueError, match="backbone.dtype='fp8'"):
         build_backbone("llava_onevision", "/nonexistent/ov", dtype="fp8")
+
+
+def test_short_lora_finetune_lowers_the_answer_loss(ov_dir):
+    """A few LoRA steps on the LLM (frozen vision tower, gradient checkpointing on) lower the loss of
+    the answer tokens; nothing outside the adapters changes."""
+    pytest.importorskip("peft")
+    from vlc.backbone.llm import enable_activation_checkpointing
+    from vlc.backbone.lora import apply_lora
+
+    bb = build_backbone("llava_onevision", str(ov_dir), dtype="float32", attn_implementation="sdpa")
+    bb.encoder.requires_grad_(False)
+    bb.projector.requires_grad_(False)
+    apply_lora(bb.llm, enabled=True, r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    enable_activation_checkpointing(bb.llm)
+    bb.train()
+    trainable = [p for p in bb.parameters() if p.requires_grad]
+    assert len(trainable) == 2 * 4 * 2  # layers x projections x (A, B)
+    before = {n: p.detach().clone() for n, p in bb.named_parameters() if not p.requires_grad}
+    optim = torch.optim.AdamW(trainable, lr=1e-2)
+    frames = random_frames(1, 2, seed=11)
+    text = bb.prompt.training_batch(["What color?"], [None], ["red"])
+    losses = []
+    for _ in range(6):
+        logits, span, _ = vlc_logits(bb, frames, "What color?", "red")
+        labels = torch.cat([torch.full((1, logits.shape[1] - text.labels.shape[1]), -100), text.labels], 1)
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3, losses  # measured 6.26 → 5.56 in 6 steps
+    assert all(torch.equal(p, before[n]) for n, p in bb.named_parameters() if not p.requires_grad)
