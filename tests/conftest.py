@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from vlc.run import CONFIG_DIR
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 # Small enough for 2 CPU cores, big enough to be a real multi-frame video.
 TINY_DATA = [

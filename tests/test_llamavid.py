@@ -95,7 +95,7 @@ def test_lazy_question_projection_loads_from_a_state_dict():
 def test_model_end_to_end(cfg_factory):
     torch.manual_seed(0)
     m = build_model(cfg_factory(["~data", "compressor=llamavid"]))
-    assert m.compressor.question_proj.in_features == m.llm.config.hidden_size == 128  # the model passes its LLM width
+    assert m.compressor.question_proj.in_features == m.backbone.llm.config.hidden_size == 128  # the model passes its LLM width
     b = fake_batch(B=2, T=6)
     loss = m(b)
     loss.backward()
@@ -105,6 +105,6 @@ def test_model_end_to_end(cfg_factory):
         assert m.evaluate_batch(b)["visual_tokens"].tolist() == [12, 12]  # 6 frames × 2
         # The context (KV cache of prefix + visual) depends on the question.
         other = {**b, "questions": ["How many times does the circle move?"] * 2}
-        k1 = next(iter_cache_layers(m.encode_context(b).cache))[0]
-        k2 = next(iter_cache_layers(m.encode_context(other).cache))[0]
+        k1 = next(iter_cache_layers(m.pipeline.encode_context(b).cache))[0]
+        k2 = next(iter_cache_layers(m.pipeline.encode_context(other).cache))[0]
     assert k1.shape == k2.shape and (k1 - k2).abs().max() > 1e-5

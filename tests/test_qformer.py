@@ -195,7 +195,7 @@ def test_question_aware_model_end_to_end(cfg_factory):
     torch.manual_seed(0)
     m = build_model(cfg_factory(["~data", "compressor=qformer_qa"]))
     assert m.compressor.uses_question is True
-    assert m.compressor.question_proj.in_features == m.llm.config.hidden_size  # the model passes its LLM width
+    assert m.compressor.question_proj.in_features == m.backbone.llm.config.hidden_size  # the model passes its LLM width
     b = fake_batch(B=2, T=6)
     loss = m(b)
     loss.backward()

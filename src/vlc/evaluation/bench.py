@@ -7,7 +7,7 @@
 
 Each measurement is one sample in eval mode under no_grad, built from the real configs
 (``configs/eval.yaml`` + ``model=`` + ``compressor=``, random init) and measured the way
-``VideoLLM.evaluate_batch`` measures every compressor (``measure_context``): visual tokens entering
+``VideoPipeline.evaluate`` measures every compressor (``measure_context``): visual tokens entering
 the LLM, KV tokens and bytes after prefill, encoder and prefill time, peak memory. By default the
 frames come from a generated mp4 of exactly N frames, decoded like evaluation decodes (decoding is
 timed and inside the memory window). Memory: CUDA ``max_memory_allocated``; CPU the process
@@ -166,13 +166,14 @@ def measure(model: Any, frames: int, size: int, video: Path | None, device: torc
     ``encoder ms``; ``decode ms`` is then the decoding time wherever it fell.
     """
     from vlc.evaluation.efficiency import (
+        autocast,
         current_memory_mb,
         measure_context,
         peak_memory_mb,
         release_memory,
         reset_peak_memory,
+        to_device,
     )
-    from vlc.evaluation.loop import autocast, to_device
 
     release_memory(device)
     base = current_memory_mb(device)
@@ -184,7 +185,7 @@ def measure(model: Any, frames: int, size: int, video: Path | None, device: torc
         decode_ms = 1000 * (time.perf_counter() - start)
         decode_peak = peak_memory_mb(device)
         with torch.no_grad(), autocast(device, precision):
-            ctx, cost = measure_context(model, batch)
+            ctx, cost = measure_context(model.pipeline, batch)
         decode_ms += 1000 * getattr(batch["pixels"], "decode_seconds", 0.0)
     except Exception as error:  # noqa: BLE001 - only out-of-memory errors are expected here
         if is_oom(error):
