@@ -117,23 +117,33 @@ def random_frames(batch: int, frames: int, size: int = 20, seed: int = 0) -> tor
     return torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8)
 
 
-def vlc_logits(backbone, frames, question: str, answer: str, on_encoder=None, on_projected=None):
-    """Logits of ``prefix | visual span | question + answer`` for ONE sample, composed from the
-    Backbone's steps as the pipeline runs them (encode → [compressor] → project → [compressor] →
-    visual_span → one LLM forward). Returns (logits (1, L, V), span, text ids (1, Lt))."""
+def video_batch(frames: torch.Tensor, question: str, answer: str, frame_mask: torch.Tensor | None = None) -> dict:
+    """A batch as the data modules give it: the same question and answer for every video."""
     B, T = frames.shape[:2]
-    ft, pixels = backbone.encode(frames, torch.ones(B, T, dtype=torch.bool), torch.arange(T, dtype=torch.float)[None])
-    if on_encoder is not None:
-        ft = on_encoder(ft, pixels=pixels)
-    ft = backbone.project(ft)
-    if on_projected is not None:
-        ft = on_projected(ft, pixels=pixels)
-    span = backbone.visual_span(ft)
-    prefix = torch.tensor(backbone.prompt.prefix_ids())[None]
-    text = backbone.prompt.training_batch([question], [None], [answer]).ids
-    embeds = torch.cat([backbone.embed(prefix), span.embeds, backbone.embed(text)], 1)
-    out = backbone.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))
-    return out.logits, span, torch.cat([prefix, text], 1)
+    mask = torch.ones(B, T, dtype=torch.bool) if frame_mask is None else frame_mask
+    return {"pixels": frames, "frame_mask": mask, "times": torch.arange(T, dtype=torch.float).expand(B, T),
+            "questions": [question] * B, "candidates": [None] * B, "answers": [answer] * B}
+
+
+def answer_logits(pipeline, frames, question: str, answer: str, compress: bool = True):
+    """The user path: ``VideoPipeline.encode_context`` (encode → compressor where it sits → project →
+    visual span → prefill) and the question + answer continued from that context.
+    Returns (logits of the text (1, Lt, V), the context's length before the text, the text ids (1, Lt))."""
+    from vlc.model.prefill import continue_from
+
+    ctx = pipeline.encode_context(video_batch(frames, question, answer), compress=compress)
+    length = ctx.length
+    text = pipeline.prompt.training_batch([question], [None], [answer])
+    logits = continue_from(pipeline.backbone.llm, ctx, pipeline.embed(text.ids), text.mask)
+    return logits, length, text.ids
+
+
+def pipeline_logits(backbone, frames, question: str, answer: str, compressor=None):
+    """``answer_logits`` through a ``VideoPipeline`` of ``backbone`` and ``compressor`` (none: Identity)."""
+    from vlc.compressors.none import Identity
+    from vlc.model.pipeline import VideoPipeline
+
+    return answer_logits(VideoPipeline(backbone, compressor or Identity()), frames, question, answer)
 
 
 def hf_logits(backbone, frames, question: str, answer: str):

@@ -1,28 +1,71 @@
-"""The training-free compressors (and vst) on LLaVA-OneVision's FrameTokens, composed as the pipeline
-will run them: encode → compressor on "encoder" or "projected" features → project → visual_span.
+"""The training-free compressors (and vst) on LLaVA-OneVision, through vlc's ``VideoPipeline``:
+encode → the compressor where it sits ("encoder": SigLIP's grid; "projected": after the model's own
+projector and pool) → project → visual span → prefill.
 
 Tiny model: 5 x 5 SigLIP patches per frame, pooled by the model to 3 x 3 = 9 LLM tokens, one newline
-after the video; 4 frames → 4 x 9 + 1 = 37 visual entries with no compressor.
+after the video; 4 frames → 4 x 9 + 1 = 37 visual entries with no compressor. Every built-in
+compressor declares ``sits = "encoder"``; the "projected" rows run the same classes declared there.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import random_frames, save_tiny_llava_onevision, vlc_logits
+from hf_tiny import answer_logits, pipeline_logits, random_frames, save_tiny_llava_onevision, video_batch
 
 from vlc.backbone.hf import build_backbone
-from vlc.compressors import build_compressor
+from vlc.compressors.base import build_compressor, compressor_class
+from vlc.compressors.budget import TokenBudget
+from vlc.compressors.diffp import DifferentialFramePruning
+from vlc.compressors.keyframe import KeyframeSelection
+from vlc.compressors.moviechat import MovieChatMemory
+from vlc.compressors.pool import SpatialPool
+from vlc.model.pipeline import VideoPipeline
 
 CONFIGS = {
     "none": {"_target_": "vlc.compressors.none.Identity"},
     "pool": {"_target_": "vlc.compressors.pool.SpatialPool", "stride": 2},
-    "diffp": {"_target_": "vlc.compressors.diffp.DifferentialFramePruning", "_partial_": True},
-    "keyframe": {"_target_": "vlc.compressors.keyframe.KeyframeSelection", "_partial_": True},
-    "budget": {"_target_": "vlc.compressors.budget.TokenBudget", "_partial_": True, "max_tokens": 40},
-    "moviechat": {"_target_": "vlc.compressors.moviechat.MovieChatMemory", "_partial_": True,
-                  "short_len": 2, "merge_to": 1},
+    "diffp": {"_target_": "vlc.compressors.diffp.DifferentialFramePruning"},
+    "keyframe": {"_target_": "vlc.compressors.keyframe.KeyframeSelection"},
+    "budget": {"_target_": "vlc.compressors.budget.TokenBudget", "max_tokens": 40},
+    "moviechat": {"_target_": "vlc.compressors.moviechat.MovieChatMemory", "short_len": 2, "merge_to": 1},
 }
+
+
+class PoolOnProjected(SpatialPool):
+    sits = "projected"
+
+
+class DiffpOnProjected(DifferentialFramePruning):
+    sits = "projected"
+
+
+class KeyframeOnProjected(KeyframeSelection):
+    sits = "projected"
+
+
+class BudgetOnProjected(TokenBudget):
+    sits = "projected"
+
+
+class MovieChatOnProjected(MovieChatMemory):
+    sits = "projected"
+
+
+ON_PROJECTED = {"pool": PoolOnProjected, "diffp": DiffpOnProjected, "keyframe": KeyframeOnProjected,
+                "budget": BudgetOnProjected, "moviechat": MovieChatOnProjected}
+
+
+def build(ov, name: str, sits: str):
+    """The compressor as the model builds it: ``dim`` is the width where it sits."""
+    cfg = dict(CONFIGS[name])
+    if sits == "projected":
+        cfg["_target_"] = f"{__name__}.{ON_PROJECTED[name].__qualname__}"
+    assert compressor_class(cfg["_target_"]).sits == sits
+    dim = ov.hidden_size if sits == "projected" else ov.vision_dim
+    made = build_compressor(cfg, dim=dim, out_dim=ov.hidden_size, pixel_std=ov.pixel_std)
+    made.bind(ov.llm, ov.tokenizer)
+    return made.eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +84,10 @@ def video() -> torch.Tensor:
     return torch.stack([a, a2, b, b2])[None]
 
 
-def span_length(ov, name: str, sits: str, **override) -> tuple[int, object]:
-    dim = ov.vision_dim if sits == "encoder" else ov.hidden_size
-    compressor = build_compressor({**CONFIGS[name], **override}, dim=dim, pixel_std=ov.pixel_std)
-    frames = video()
-    ft, pixels = ov.encode(frames, torch.ones(1, 4, dtype=torch.bool), torch.arange(4.0)[None])
-    if sits == "encoder":
-        ft = ov.project(compressor(ft, pixels=pixels))
-    else:
-        ft = compressor(ov.project(ft), pixels=pixels)
-    span = ov.visual_span(ft)
-    assert span.embeds.shape[-1] == ov.hidden_size
-    return int(span.mask.sum()), compressor
+def visual_entries(ov, compressor) -> tuple[int, int]:
+    """(entries of the context after the prefix, the pipeline's count of visual tokens)."""
+    ctx = VideoPipeline(ov, compressor).encode_context(video_batch(video(), "Which color?", "red"))
+    return ctx.length - len(ov.prompt.prefix_ids()), int(ctx.visual_tokens)
 
 
 # (compressor, where it sits) → visual entries reaching the LLM, newline included.
@@ -74,10 +109,11 @@ EXPECTED = {
 @pytest.mark.parametrize("name,sits", list(EXPECTED))
 @torch.no_grad()
 def test_token_counts_on_llava_onevision(ov, name, sits):
-    count, compressor = span_length(ov, name, sits)
-    assert count == EXPECTED[name, sits]
+    compressor = build(ov, name, sits)
+    entries, tokens = visual_entries(ov, compressor)
+    assert (entries, tokens) == (EXPECTED[name, sits], EXPECTED[name, sits] - 1)  # the newline is layout
     if name == "budget":
-        assert compressor.last_strides == [2 if sits == "encoder" else 1]
+        assert compressor.report()["pool_stride"] == [2.0 if sits == "encoder" else 1.0]
 
 
 @torch.no_grad()
@@ -94,29 +130,24 @@ def test_diffp_keeps_the_changed_corner_and_the_first_frame(ov):
 
 @torch.no_grad()
 def test_vst_on_llava_onevision_prefill_equals_full_forward_and_compresses(ov):
-    """vst's beacons start from the pretrained Qwen2's q/k/v; uncompressed windowed prefill equals
-    one full forward, and compressed it keeps sink + beacons only."""
-    from vlc.compressors.vst import VisualSummarizationTokens
-
-    frames = video()
-    full, span, _ = vlc_logits(ov, frames, "Which color?", "red")
-    prefix = torch.tensor(ov.prompt.prefix_ids())[None]
-    text = ov.prompt.training_batch(["Which color?"], [None], ["red"]).ids
-    sink = ov.embed(prefix)
-
-    vst = VisualSummarizationTokens(window=16, ratio=4, compress=False).eval()
-    vst.attach(ov.llm, ov.tokenizer)
+    """vst's beacons start from the pretrained Qwen2's q/k/v. Streamed a frame at a time (its window
+    is under one frame of encoder tokens), the newline still comes once, after the last frame:
+    uncompressed, the windowed prefill gives the full forward's answer logits; compressed, the
+    context keeps the prefix and the beacons only."""
+    vst = build_compressor({"_target_": "vlc.compressors.vst.VisualSummarizationTokens", "window": 16,
+                            "ratio": 4, "compress": False})
+    vst.bind(ov.llm, ov.tokenizer)
+    vst.eval()
     assert torch.equal(vst.beacon_q[0].weight, ov.llm.model.layers[0].self_attn.q_proj.weight)
-    ctx = vst.prefill(ov.llm, sink, torch.ones_like(prefix), [(span.embeds, span.mask)])
-    L = ctx.length
-    positions = ctx.next_position[:, None] + torch.arange(text.shape[1])[None]
-    out = ov.llm(inputs_embeds=ov.embed(text), past_key_values=ctx.cache, position_ids=positions,
-                 attention_mask=torch.cat([ctx.attention_mask, torch.ones_like(text)], 1))
-    assert L == prefix.shape[1] + 37
-    assert (out.logits - full[:, L:]).abs().max().item() <= 1e-4
+    assert vst.streaming and vst.chunk_frames(ov.tokens_per_frame) == 1
+    frames, prefix = video(), len(ov.prompt.prefix_ids())
+    full, full_length, _ = pipeline_logits(ov, frames, "Which color?", "red")
+    ours, length, _ = answer_logits(VideoPipeline(ov, vst), frames, "Which color?", "red")
+    assert length == full_length == prefix + 37
+    assert (ours - full).abs().max().item() <= 1e-4
 
     vst.compress = True
-    ctx = vst.prefill(ov.llm, sink, torch.ones_like(prefix), [(span.embeds, span.mask)])
-    # 37 entries in windows of 16 at ratio 4: 16 → 4 beacons, 16 → 4, the last 5 → 2.
+    _, length, _ = answer_logits(VideoPipeline(ov, vst), frames, "Which color?", "red")
+    # 37 entries (4 frames of 9, then the newline) in windows of 16 at ratio 4: 4 + 4 + 2 beacons.
     assert vst.last_windows == [(16, 4, 4), (16, 4, 4), (5, 4, 2)]
-    assert ctx.length == prefix.shape[1] + 10
+    assert length == prefix + 10

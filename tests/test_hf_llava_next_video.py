@@ -1,12 +1,12 @@
 """LLaVA-NeXT-Video as a vlc Backbone: a tiny random LlavaNextVideoForConditionalGeneration (CLIP +
 Llama, a tokenizer that prepends <s> as Llama's does) saved to a folder, loaded through
-``build_backbone`` and compared with the model's own forward."""
+``build_backbone``, run through vlc's ``VideoPipeline`` and compared with the model's own forward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import hf_logits, random_frames, save_tiny_llava_next_video, vlc_logits
+from hf_tiny import hf_logits, pipeline_logits, random_frames, save_tiny_llava_next_video
 
 from vlc.backbone.hf import build_backbone
 from vlc.compressors import build_compressor
@@ -21,14 +21,13 @@ def nv(tmp_path_factory):
 @torch.no_grad()
 def test_logits_equal_the_models_own_forward(nv):
     frames = random_frames(1, 3, size=30)  # shortest side → 24, centre crop 24 x 24
-    ours, span, text_ids = vlc_logits(nv, frames, "What color is the shape?", "red")
+    ours, context_length, text_ids = pipeline_logits(nv, frames, "What color is the shape?", "red")
     ref, ref_ids = hf_logits(nv, frames, "What color is the shape?", "red")
-    prefix_len = len(nv.prompt.prefix_ids())
-    assert span.embeds.shape[1] == 27 == int((ref_ids == nv.video_token_id).sum())  # 3 x 9, no newline
-    assert torch.equal(text_ids[0, :prefix_len], ref_ids[0, :prefix_len])  # <s> included
-    assert torch.equal(text_ids[0, prefix_len:], ref_ids[0, prefix_len + 27 :])
-    assert ours.shape == ref.shape
-    assert (ours - ref).abs().max().item() <= 1e-4
+    prefix = nv.prompt.prefix_ids()
+    assert context_length - len(prefix) == 27 == int((ref_ids == nv.video_token_id).sum())  # 3 x 9, no newline
+    assert ref_ids[0, : len(prefix)].tolist() == prefix and prefix[0] == nv.tokenizer.bos_token_id  # <s>
+    assert torch.equal(text_ids[0], ref_ids[0, len(prefix) + 27 :])
+    assert (ours - ref[:, -text_ids.shape[1] :]).abs().max().item() <= 1e-4
 
 
 def test_layout_prompt_and_parts(nv):

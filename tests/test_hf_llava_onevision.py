@@ -1,12 +1,13 @@
 """LLaVA-OneVision as a vlc Backbone: a tiny random LlavaOnevisionForConditionalGeneration saved to
-a folder, loaded through ``build_backbone`` as a hub checkpoint would be, and compared with the
-model's own forward (its processor, its chat template, ``model(**inputs)``)."""
+a folder, loaded through ``build_backbone`` as a hub checkpoint would be, run through vlc's
+``VideoPipeline`` and compared with the model's own forward (its processor, its chat template,
+``model(**inputs)``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import hf_logits, random_frames, save_tiny_llava_onevision, tiny_tokenizer, vlc_logits
+from hf_tiny import hf_logits, pipeline_logits, random_frames, save_tiny_llava_onevision, tiny_tokenizer, video_batch
 
 from vlc.backbone.hf import FAMILIES, build_backbone
 
@@ -24,15 +25,15 @@ def ov(ov_dir):
 @torch.no_grad()
 def test_logits_equal_the_models_own_forward(ov):
     frames = random_frames(1, 3)  # 20 px: the processor resizes to 16, as it would 1080p to 384
-    ours, span, text_ids = vlc_logits(ov, frames, "What color is the shape?", "red")
+    ours, context_length, text_ids = pipeline_logits(ov, frames, "What color is the shape?", "red")
     ref, ref_ids = hf_logits(ov, frames, "What color is the shape?", "red")
     # The same token sequence: vlc's prefix and question/answer ids around the model's 3 x 9 + 1 video slots.
-    prefix_len = len(ov.prompt.prefix_ids())
-    assert span.embeds.shape[1] == 28 == int((ref_ids == ov.video_token_id).sum())
-    assert torch.equal(text_ids[0, :prefix_len], ref_ids[0, :prefix_len])
-    assert torch.equal(text_ids[0, prefix_len:], ref_ids[0, prefix_len + 28 :])
-    assert ours.shape == ref.shape == (1, ref_ids.shape[1], len(ov.tokenizer))
-    assert (ours - ref).abs().max().item() <= 1e-4
+    prefix = ov.prompt.prefix_ids()
+    assert context_length - len(prefix) == 28 == int((ref_ids == ov.video_token_id).sum())
+    assert ref_ids[0, : len(prefix)].tolist() == prefix
+    assert torch.equal(text_ids[0], ref_ids[0, len(prefix) + 28 :])
+    assert ours.shape == (1, text_ids.shape[1], len(ov.tokenizer))
+    assert (ours - ref[:, -text_ids.shape[1] :]).abs().max().item() <= 1e-4
 
 
 def test_tokens_per_frame_are_the_models_own(ov):
@@ -84,9 +85,9 @@ def test_layer_list_and_another_layer_equal_the_models_own_forward(tmp_path):
     bb = build_backbone("llava_onevision", str(path), dtype="float32", attn_implementation="sdpa")
     assert bb.vision_dim == 64
     frames = random_frames(1, 2, seed=3)
-    ours, _, _ = vlc_logits(bb, frames, "How many?", "two")
+    ours, _, text_ids = pipeline_logits(bb, frames, "How many?", "two")
     ref, _ = hf_logits(bb, frames, "How many?", "two")
-    assert (ours - ref).abs().max().item() <= 1e-4
+    assert (ours - ref[:, -text_ids.shape[1] :]).abs().max().item() <= 1e-4
 
 
 @torch.no_grad()
@@ -100,6 +101,8 @@ def test_padded_frames_never_reach_the_span(ov):
     alone = ov.visual_span(ov.project(ov.encode(frames[1:, :2], mask[1:, :2], torch.zeros(1, 2))[0]))
     assert torch.allclose(span.embeds[1, :19], alone.embeds[0], atol=1e-6)
     assert torch.equal(span.embeds[1, 18], ov.projector.image_newline)  # the newline closes the video
+    open_span = ov.visual_span(ov.project(ft), closing=False)  # a streamed chunk before the last
+    assert open_span.mask.sum(1).tolist() == [27, 18]
 
 
 def test_parts_are_the_models_own_and_freeze_apart(ov):
@@ -139,26 +142,25 @@ def test_short_lora_finetune_lowers_the_answer_loss(ov_dir):
     """A few LoRA steps on the LLM (frozen vision tower, gradient checkpointing on) lower the loss of
     the answer tokens; nothing outside the adapters changes."""
     pytest.importorskip("peft")
-    from vlc.backbone.llm import enable_activation_checkpointing
     from vlc.backbone.lora import apply_lora
+    from vlc.compressors.none import Identity
+    from vlc.model.pipeline import VideoPipeline
 
     bb = build_backbone("llava_onevision", str(ov_dir), dtype="float32", attn_implementation="sdpa")
     bb.encoder.requires_grad_(False)
     bb.projector.requires_grad_(False)
     apply_lora(bb.llm, enabled=True, r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    enable_activation_checkpointing(bb.llm)
+    bb.set_grad_checkpointing()
     bb.train()
     trainable = [p for p in bb.parameters() if p.requires_grad]
     assert len(trainable) == 2 * 4 * 2  # layers x projections x (A, B)
     before = {n: p.detach().clone() for n, p in bb.named_parameters() if not p.requires_grad}
     optim = torch.optim.AdamW(trainable, lr=1e-2)
-    frames = random_frames(1, 2, seed=11)
-    text = bb.prompt.training_batch(["What color?"], [None], ["red"])
+    pipeline = VideoPipeline(bb, Identity())
+    batch = video_batch(random_frames(1, 2, seed=11), "What color?", "red")
     losses = []
     for _ in range(6):
-        logits, span, _ = vlc_logits(bb, frames, "What color?", "red")
-        labels = torch.cat([torch.full((1, logits.shape[1] - text.labels.shape[1]), -100), text.labels], 1)
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+        loss = pipeline.loss(batch, one_pass=True)  # as training runs it with gradient checkpointing
         optim.zero_grad()
         loss.backward()
         optim.step()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hf_tiny import VIDEOXL_TINY, random_frames, save_tiny_videoxl, videoxl_tensors
 
 from vlc.backbone.hf import build_backbone
-from vlc.backbone.hf.videoxl import PROMPT, load_beacons
+from vlc.backbone.hf.videoxl import PROMPT, VST_TARGET, load_beacons
 from vlc.backbone.tokenizer import build_tiny_tokenizer
 from vlc.compressors.vst import VisualSummarizationTokens
 
@@ -36,7 +36,7 @@ def test_every_key_is_placed_where_vlc_keeps_it(vxl, written):
     unchanged, in exactly one vlc part."""
     _, tensors = written
     encoder, projector, llm = vxl.encoder.state_dict(), vxl.projector.state_dict(), vxl.llm.state_dict()
-    beacons = vxl.pretrained_compressor_state["vst"]
+    beacons = vxl.pretrained_compressor_state[VST_TARGET]
     inner = "" if any(k.startswith("vision_model.") for k in encoder) else "vision_model."
     placed = 0
     for key, value in tensors.items():
@@ -125,13 +125,13 @@ def test_vst_with_videoxl_weights_equals_vst_given_the_tensors(vxl, written):
     ft, _ = vxl.encode(frames, torch.ones(1, 4, dtype=torch.bool), torch.arange(4.0)[None])
     span = vxl.visual_span(vxl.project(ft))
     ours_vst = VisualSummarizationTokens(window=16, ratio=4).eval()
-    ours_vst.attach(vxl.llm, vxl.tokenizer)
+    ours_vst.bind(vxl.llm, vxl.tokenizer)
     load_beacons(ours_vst, vxl)
     ours, ctx = vst_logits(vxl.llm, vxl.tokenizer, ours_vst, span.embeds, text)
 
     ref_llm, ref_span = reference_llm_and_span(tensors, frames)
     ref_vst = VisualSummarizationTokens(window=16, ratio=4).eval()
-    ref_vst.attach(ref_llm, build_tiny_tokenizer())
+    ref_vst.bind(ref_llm, build_tiny_tokenizer())
     for i in range(VIDEOXL_TINY["qwen2"]["layers"]):
         for which in "qkv":
             for kind in ("weight", "bias"):
@@ -146,7 +146,7 @@ def test_vst_with_videoxl_weights_equals_vst_given_the_tensors(vxl, written):
     assert ours_vst.last_windows == [(16, 4, 4), (16, 4, 4), (4, 4, 1)] and ctx.length == 15 + 9
     # The released beacons are not the base copies vst starts from: they change the answer's logits.
     fresh = VisualSummarizationTokens(window=16, ratio=4).eval()
-    fresh.attach(vxl.llm, vxl.tokenizer)
+    fresh.bind(vxl.llm, vxl.tokenizer)
     assert (vst_logits(vxl.llm, vxl.tokenizer, fresh, span.embeds, text)[0] - ours).abs().max().item() > 1e-3
 
 
@@ -199,3 +199,32 @@ def test_vlc_convert_writes_the_same_weights_in_vlcs_layout(vxl, written, tmp_pa
     assert torch.equal(state["compressor.beacon_k.1.weight"],
                        written[1]["model.layers.1.self_attn.beacon_k_proj.weight"])
     assert torch.equal(state["backbone.llm.lm_head.weight"], written[1]["lm_head.weight"])
+
+
+@torch.no_grad()
+def test_model_config_path_loads_the_beacons_into_compressor_vst(written):
+    """``model=videoxl_7b_released compressor=vst``: the model binds vst to the Qwen2 LM and loads
+    Video-XL's beacons into it; its pipeline's answer logits are those of vst with the tensors."""
+    from hf_tiny import answer_logits
+
+    from vlc.model.video_llm import VideoLLM
+
+    path, tensors = written
+    model = VideoLLM(backbone={"family": "videoxl", "name_or_path": str(path), "dtype": "float32",
+                               "attn_implementation": "sdpa"},
+                     compressor={"_target_": VST_TARGET, "window": 16, "ratio": 4}).eval()
+    vst = model.compressor
+    assert torch.equal(vst.beacon_v[1].bias, tensors["model.layers.1.self_attn.beacon_v_proj.bias"])
+    assert torch.equal(vst.beacon_embed, tensors["model.beacon_embed_tokens.weight"][0])
+    frames = random_frames(1, 4, size=24, seed=7)
+    ours, length, _ = answer_logits(model.pipeline, frames, "What color is it?", "red")
+    # Through VideoLLM the sink is the prefix (15 tokens), then 9 beacons for 36 visual tokens.
+    assert length == 15 + 9 and vst.last_windows == [(16, 4, 4), (16, 4, 4), (4, 4, 1)]
+    by_hand = VisualSummarizationTokens(window=16, ratio=4).eval()
+    by_hand.bind(model.backbone.llm, model.backbone.tokenizer)
+    load_beacons(by_hand, model.backbone)
+    ft, _ = model.backbone.encode(frames, torch.ones(1, 4, dtype=torch.bool), torch.arange(4.0)[None])
+    span = model.backbone.visual_span(model.backbone.project(ft))
+    ref, _ = vst_logits(model.backbone.llm, model.backbone.tokenizer, by_hand, span.embeds,
+                        "\nWhat color is it?<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n")
+    assert (ours - ref).abs().max().item() <= 1e-5

@@ -25,13 +25,13 @@ import torch
 
 
 def convert_videoxl(folder: str | Path, out: str | Path, dtype: str = "bfloat16") -> dict:
-    from vlc.backbone.hf.videoxl import VideoXLBackbone
+    from vlc.backbone.hf.videoxl import VST_TARGET, VideoXLBackbone
 
     backbone = VideoXLBackbone.from_pretrained(str(folder), dtype=dtype, attn_implementation="sdpa")
     state = {}
     for part in ("encoder", "projector", "llm"):
         state.update({f"backbone.{part}.{k}": v for k, v in getattr(backbone, part).state_dict().items()})
-    beacons = backbone.pretrained_compressor_state["vst"]
+    beacons = backbone.pretrained_compressor_state[VST_TARGET]
     state.update({f"compressor.{k}": v.to(backbone.llm.dtype) for k, v in beacons.items()})
     meta = {"source": "videoxl", "folder": str(Path(folder).expanduser().resolve()),
             "config": backbone.config_json, "compressor": backbone.vst_settings}

@@ -76,8 +76,10 @@ class Backbone(nn.Module):
         model itself does after it (LLaVA-OneVision's 2×2 bilinear pool)."""
         raise NotImplementedError
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
-        """Projected FrameTokens → the visual span in the model's native layout."""
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
+        """Projected FrameTokens → the visual span in the model's native layout. ``closing=False``
+        leaves out what the model writes once after the whole video (LLaVA-OneVision's newline):
+        a streamed video's chunks but the last."""
         raise NotImplementedError
 
     def set_grad_checkpointing(self) -> None:

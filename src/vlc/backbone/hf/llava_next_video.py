@@ -46,7 +46,7 @@ class LlavaNextVideoBackbone(LlavaOnevisionBackbone):
     def project(self, ft: FrameTokens) -> FrameTokens:
         if ft.grid is None:
             return ft.replace(tokens=self.projector(ft.tokens))
-        B, T, N, Dv = ft.tokens.shape
+        B, T, _, Dv = ft.tokens.shape
         (h, w), size = ft.grid, self.pooled_grid(ft.grid)
         grid = ft.tokens.reshape(B * T, h, w, Dv).permute(0, 3, 1, 2)  # (B*T, Dv, h, w), as the pooler lays it out
         pooled = self.projector.resampler.pool(grid)  # (B*T, Dv', h', w')
@@ -55,7 +55,7 @@ class LlavaNextVideoBackbone(LlavaOnevisionBackbone):
         mask = F.max_pool2d(mask, self.pool_stride).reshape(B, T, -1) > 0
         return FrameTokens(tokens, mask, ft.times, size)
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
-        """Every real token, frame after frame; the model writes nothing between frames of a video."""
-        B, T, N, D = ft.tokens.shape
-        return _right_pad([ft.tokens[b][ft.token_mask[b]] for b in range(B)], D, ft.tokens)
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
+        """Every real token, frame after frame; the model writes nothing between or after the frames."""
+        rows = [ft.tokens[b][ft.token_mask[b]] for b in range(ft.tokens.shape[0])]
+        return _right_pad(rows, ft.tokens.shape[-1], ft.tokens)

@@ -160,7 +160,7 @@ class LlavaOnevisionBackbone(Backbone):
         x = self.projector(ft.tokens)  # (B, T, N, D)
         if ft.grid is None:
             return ft.replace(tokens=x)
-        B, T, N, D = x.shape
+        B, T, _, D = x.shape
         (h, w), size = ft.grid, self.pooled_grid(ft.grid)
         grid = x.reshape(B * T, h, w, D).permute(0, 3, 1, 2)  # (B*T, D, h, w), as apply_pooling lays it out
         pooled = F.interpolate(grid, size=size, mode="bilinear")  # (B*T, D, h', w')
@@ -169,12 +169,13 @@ class LlavaOnevisionBackbone(Backbone):
         mask = F.interpolate(mask, size=size, mode="bilinear").reshape(B, T, -1) > 0
         return FrameTokens(tokens, mask, ft.times, size)
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
-        """Every real token, frame by frame, then the one newline after the last frame."""
-        newline = self.projector.image_newline  # (D,)
-        B, T, N, D = ft.tokens.shape
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
+        """Every real token, frame by frame, then the one newline after the last frame (``closing``;
+        a streamed video's earlier chunks end without it)."""
+        newline = self.projector.image_newline if closing else None  # (D,)
+        D = ft.tokens.shape[-1]
         rows = []
-        for b in range(B):
+        for b in range(ft.tokens.shape[0]):
             real = ft.tokens[b][ft.token_mask[b]]  # (L_b, D) in frame order
             rows.append(torch.cat([real, newline[None].to(real.dtype)]) if newline is not None else real)
         return _right_pad(rows, D, ft.tokens)

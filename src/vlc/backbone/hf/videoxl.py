@@ -51,6 +51,8 @@ PROJECTOR_PREFIX = "model.mm_projector."
 BEACON_EMBED = "model.beacon_embed_tokens.weight"
 BEACON_PROJ = re.compile(r"^model\.layers\.(\d+)\.self_attn\.beacon_([a-z]+)_proj\.(weight|bias)$")
 IMAGES_ONLY = ("model.image_newline",)
+# The compressor Video-XL's beacons belong to, as a config names it (configs/compressor/vst.yaml).
+VST_TARGET = "vlc.compressors.vst.VisualSummarizationTokens"
 
 # Video-XL's conversation template "qwen_1_5" (SeparatorStyle.CHATML): its prompt around one video.
 PROMPT = {
@@ -157,7 +159,7 @@ def split_state_dict(state: dict[str, Tensor], config: dict, source: str = "chec
 
 
 def vst_state(ckpt: VideoXLCheckpoint, llm: nn.Module) -> dict[str, Tensor]:
-    """The complete state dict of a vst compressor attached to ``llm`` (beacon_q/k/v per layer and
+    """The complete state dict of a vst compressor bound to ``llm`` (beacon_q/k/v per layer and
     beacon_embed). Projections Video-XL did not train separately (not in beacon_param) are the
     base ones, which is what Video-XL runs for them. A beacon tensor missing for a named one is an error."""
     layers = llm.get_decoder().layers
@@ -257,9 +259,9 @@ def _check_loaded(info: dict, prefix: str, part: str) -> None:
 class VideoXLBackbone(Backbone):
     """Video-XL's released model as a vlc Backbone (encoder CLIP, projector MLP, llm Qwen2).
 
-    ``pretrained_compressor_state["vst"]`` holds Video-XL's beacons in vst's key layout: load it into
-    a vst compressor attached to ``llm`` (``load_beacons``). ``vst_settings`` holds Video-XL's window
-    and ratios.
+    ``pretrained_compressor_state[VST_TARGET]`` holds Video-XL's beacons in vst's key layout; the
+    model loads them into ``compressor=vst`` once it is bound to ``llm`` (``load_beacons`` does the
+    same by hand). ``vst_settings`` holds Video-XL's window and ratios.
     """
 
     family = "videoxl"
@@ -299,7 +301,7 @@ class VideoXLBackbone(Backbone):
         self.hidden_size = config["hidden_size"]
         self.pixel_std = tuple(float(s) for s in image_processor.image_std)
         self.vst_settings = vst_settings(config)
-        self.pretrained_compressor_state = {"vst": vst_state(ckpt, llm)}
+        self.pretrained_compressor_state = {VST_TARGET: vst_state(ckpt, llm)}
         self.left_out = list(ckpt.left_out)
         self.config_json = dict(config)
 
@@ -369,7 +371,7 @@ class VideoXLBackbone(Backbone):
         x = self.projector(ft.tokens)  # (B, T, N, D)
         if ft.grid is None:
             return ft.replace(tokens=x)
-        B, T, N, D = x.shape
+        B, T, _, D = x.shape
         (h, w), size = ft.grid, self.pooled_grid(ft.grid)
         grid = x.reshape(B * T, h, w, D).permute(0, 3, 1, 2)  # (B*T, D, h, w), as get_2dPool lays it out
         pool = F.avg_pool2d if self.pool_mode == "average" else F.max_pool2d
@@ -378,9 +380,9 @@ class VideoXLBackbone(Backbone):
         mask = F.max_pool2d(mask, self.pool_stride).reshape(B, T, -1) > 0  # real if any patch under it was
         return FrameTokens(tokens, mask, ft.times, size)
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
-        """Every real token, frame after frame, nothing between ("unires" flattens a video)."""
-        B, T, N, D = ft.tokens.shape
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
+        """Every real token, frame after frame, nothing between or after ("unires" flattens a video)."""
+        B, D = ft.tokens.shape[0], ft.tokens.shape[-1]
         rows = [ft.tokens[b][ft.token_mask[b]] for b in range(B)]
         length = max(1, max(r.shape[0] for r in rows))
         embeds = ft.tokens.new_zeros(B, length, D)
@@ -391,8 +393,6 @@ class VideoXLBackbone(Backbone):
 
 
 def load_beacons(vst: nn.Module, backbone: VideoXLBackbone) -> None:
-    """Put Video-XL's beacons into a vst compressor already attached to ``backbone.llm``; every key
+    """Put Video-XL's beacons into a vst compressor already bound to ``backbone.llm``; every key
     must match (a vst built for another LLM is an error)."""
-    state = backbone.pretrained_compressor_state["vst"]
-    dtype = backbone.llm.dtype
-    vst.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    vst.load_state_dict(backbone.pretrained_compressor_state[VST_TARGET], strict=True)
