@@ -22,7 +22,6 @@ import torch
 from omegaconf import OmegaConf
 
 from vlc.compressors import vst as vst_module
-from vlc.evaluation.loop import predict
 from vlc.model.video_llm import VideoLLM
 
 
@@ -50,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float, int, li
     per_window = len(vst.beacon_q) - 1  # attention runs in every layer but the last
     if not 0 <= args.layer < per_window:
         raise SystemExit(f"--layer {args.layer}: beacon attention that is read runs in layers 0..{per_window - 1}")
-    correct = {r["id"]: r["correct"] for r in predict(model, datamodule.val_dataloader(), torch.device("cpu"))}
+    with torch.no_grad():
+        correct = {r["id"]: r["correct"] for batch in datamodule.val_dataloader() for r in model.pipeline.evaluate(batch)}
     per_frame = model.backbone.encoder.tokens_per_frame
     frames_per_window = vst.window // per_frame
     if frames_per_window < 1:

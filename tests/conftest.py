@@ -54,6 +54,17 @@ def cfg_factory(tmp_path):
     return make
 
 
+def option_scores(model, batch: dict):
+    """(B, K) option log-likelihoods of a batch (-inf pads missing options), as evaluation scores them."""
+    p = model.pipeline
+    return p.score_candidates(p.encode_context(batch), batch["questions"], batch["candidates"])
+
+
+def record_column(model, batch: dict, key: str) -> list:
+    """One field of the evaluation records of a batch (``VideoPipeline.evaluate``), per sample."""
+    return [r[key] for r in model.pipeline.evaluate(batch)]
+
+
 def fake_batch(B: int = 2, T: int = 6, size: int = 32, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return dict(

@@ -159,7 +159,7 @@ def test_context_from_lazy_frames_equals_decoded(cfg_factory, video, compressor,
 def test_bench_decodes_lazily_by_default(tmp_path):
     from vlc.evaluation.bench import main
 
-    common = ["--compressors", "vst:window=32", "--frames", "8", "--no-warmup", "--cache", str(tmp_path / "v")]
+    common = ["compressor=vst", "compressor.window=32", "--frames", "8", "--no-warmup", "--cache", str(tmp_path / "v")]
     lazy = main(common + ["--out", str(tmp_path / "lazy")])
     eager = main(common + ["--decode", "eager", "--out", str(tmp_path / "eager")])
     for rows in (lazy, eager):

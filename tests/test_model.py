@@ -11,7 +11,7 @@ from vlc.model.prefill import greedy_generate
 from vlc.run import build_model
 from vlc.tokens import FrameTokens
 
-from conftest import fake_batch
+from conftest import fake_batch, option_scores, record_column
 
 
 def _model(cfg_factory, *overrides):
@@ -60,8 +60,8 @@ def test_scores_and_generation_do_not_depend_on_batch_mates(cfg_factory):
     b = fake_batch(B=2)
     b["frame_mask"][1, 3:] = False
     with torch.no_grad():
-        both = m.evaluate_batch(b)["scores"]
-        alone = m.evaluate_batch({k: v[1:] for k, v in b.items()})["scores"]
+        both = option_scores(m, b)
+        alone = option_scores(m, {k: v[1:] for k, v in b.items()})
         gen_both, gen_alone = m.pipeline.generate(b, 5), m.pipeline.generate({k: v[1:] for k, v in b.items()}, 5)
     torch.testing.assert_close(both[1, :3], alone[0, :3], atol=1e-4, rtol=1e-4)
     assert both[1, 3] == float("-inf")  # sample 1 has 3 options: the 4th column is padding
@@ -72,7 +72,7 @@ def test_option_scores_equal_summed_token_logprobs(cfg_factory):
     m = _model(cfg_factory)
     b = fake_batch(B=2)
     with torch.no_grad():
-        scores = m.evaluate_batch(b)["scores"]
+        scores = option_scores(m, b)
         # Reference for sample 0, option 2: a full forward over everything, summing log p of the option's tokens.
         ft, _ = m.backbone.encoder(b["pixels"][:1], b["frame_mask"][:1], b["times"][:1])
         vis = m.backbone.projector(ft.tokens)[0][ft.token_mask[0]]
@@ -91,13 +91,13 @@ def test_token_counts_and_kv_bytes_of_none_and_pool(cfg_factory):
         m = _model(cfg_factory, f"compressor={compressor}")
         b = fake_batch(B=2, T=6)
         b["frame_mask"][1, 5:] = False
-        out = m.evaluate_batch(b)
+        out = {key: record_column(m, b, key) for key in ("visual_tokens", "kv_tokens", "kv_bytes")}
         prefix = len(m.pipeline.prompt.prefix_ids())
-        assert out["visual_tokens"].tolist() == [6 * per_frame, 5 * per_frame]
-        assert out["kv_tokens"].tolist() == [prefix + 6 * per_frame, prefix + 5 * per_frame]
+        assert out["visual_tokens"] == [6 * per_frame, 5 * per_frame]
+        assert out["kv_tokens"] == [prefix + 6 * per_frame, prefix + 5 * per_frame]
         cfg = m.backbone.llm.config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
-        assert out["kv_bytes"].tolist() == [per_token * (prefix + 6 * per_frame), per_token * (prefix + 5 * per_frame)]
+        assert out["kv_bytes"] == [per_token * (prefix + 6 * per_frame), per_token * (prefix + 5 * per_frame)]
 
 
 def test_pool_on_clip_geometry_and_odd_grids():

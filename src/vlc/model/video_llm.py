@@ -166,7 +166,8 @@ class VideoLLM(L.LightningModule):
 
     def component(self, name: str) -> torch.nn.Module:
         """encoder | projector | llm (the backbone's) or compressor."""
-        return self.pipeline.compressor if name == "compressor" else getattr(self.pipeline.backbone, name)
+        b = self.pipeline.backbone
+        return {"encoder": b.encoder, "projector": b.projector, "llm": b.llm, "compressor": self.compressor}[name]
 
     def with_compressor(self, settings: dict[str, Any]) -> None:
         """Rebuild the compressor with ``settings`` changed (``eval.py +ckpt_compressor.ratio=4``) and
