@@ -150,7 +150,7 @@ class VideoLLM(L.LightningModule):
                                 question_dim=backbone.hidden_size)
         made.bind(backbone.llm, backbone.tokenizer)
         # A released checkpoint's own weights for this compressor (Video-XL's beacons for vst).
-        state = getattr(backbone, "pretrained_compressor_state", {}).get(cfg["_target_"]) if cfg else None
+        state = backbone.pretrained_compressor_state.get(cfg["_target_"]) if cfg else None
         if state is not None:
             made.load_state_dict(state)
         return made
