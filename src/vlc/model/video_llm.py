@@ -146,8 +146,8 @@ class VideoLLM(L.LightningModule):
 
         sits = compressor_class(cfg["_target_"]).sits if cfg else "encoder"
         dim = backbone.hidden_size if sits == "projected" else backbone.vision_dim
-        made = build_compressor(cfg, dim=dim, out_dim=backbone.hidden_size, pixel_std=backbone.pixel_std,
-                                question_dim=backbone.hidden_size)
+        facts = dict(out_dim=backbone.hidden_size) if sits == "projector" else {}
+        made = build_compressor(cfg, dim=dim, pixel_std=backbone.pixel_std, question_dim=backbone.hidden_size, **facts)
         made.bind(backbone.llm, backbone.tokenizer)
         # A released checkpoint's own weights for this compressor (Video-XL's beacons for vst).
         state = backbone.pretrained_compressor_state.get(cfg["_target_"]) if cfg else None
