@@ -151,3 +151,15 @@ def test_vst_on_llava_onevision_prefill_equals_full_forward_and_compresses(ov):
     # 37 entries (4 frames of 9, then the newline) in windows of 16 at ratio 4: 4 + 4 + 2 beacons.
     assert vst.last_windows == [(16, 4, 4), (16, 4, 4), (5, 4, 2)]
     assert length == prefix + 10
+
+
+@torch.no_grad()
+def test_stc_in_place_of_the_projector_on_llava_onevision(ov):
+    """compressor=stc_projector replaces the model's MLP and its 2x2 pool (it trains from random
+    init); the model's newline still closes the video. 4 frames of 5x5 → Conv3d k=s=2, padding 1 →
+    3 frames of 3x3 at LLM width."""
+    stc = build_compressor({"_target_": "vlc.compressors.stc.STCProjector", "depth": 1}, dim=ov.vision_dim,
+                           out_dim=ov.hidden_size)
+    stc.bind(ov.llm, ov.tokenizer)
+    assert stc.sits == "projector"
+    assert visual_entries(ov, stc.eval()) == (3 * 9 + 1, 3 * 9)
