@@ -149,6 +149,10 @@ class VideoLLM(L.LightningModule):
         facts = dict(out_dim=backbone.hidden_size) if sits == "projector" else {}
         made = build_compressor(cfg, dim=dim, pixel_std=backbone.pixel_std, question_dim=backbone.hidden_size, **facts)
         made.bind(backbone.llm, backbone.tokenizer)
+        # A released checkpoint's own weights for this compressor (Video-XL's beacons for vst).
+        state = backbone.pretrained_compressor_state.get(cfg["_target_"]) if cfg else None
+        if state is not None:
+            made.load_state_dict(state)
         return made
 
     # ---- parts -------------------------------------------------------------------------------
