@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,19 @@ class NonFiniteLossGuard(Callback):
         )
         log.error(message)
         raise NonFiniteLossError(message)
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, but ``last.ckpt`` is written at every validation.
+
+    Lightning writes ``last.ckpt`` only at a step where it also saved a top-k checkpoint, so while
+    the monitored metric does not improve (a plateau, or the first validation after a resume, whose
+    best score came back with the checkpoint) ``last.ckpt`` stays several intervals behind and a
+    kill loses all of them. Here every validation leaves a ``last.ckpt`` to resume from: a kill
+    loses at most one ``trainer.val_check_interval``.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
