@@ -222,3 +222,54 @@ def test_videos_can_be_confined_to_the_video_root(tmp_path):
     with pytest.raises(AnnotationError, match=r"key 'video': video '../../etc/passwd' resolves to .*etc/passwd, "
                                               r"outside the video root"):
         read(confine=True)
+
+
+# ---- open-ended data trains and validates ---------------------------------------------------------
+
+
+def _llava_folder(root: Path, n: int) -> Path:
+    import numpy as np
+
+    from vlc.data.synthetic import make_haystack, write_mp4
+
+    for split in ("train", "val"):
+        items = []
+        for k in range(n):
+            write_mp4(root / "videos" / f"{split}{k}.mp4", make_haystack(6, 32, np.random.default_rng(k)), 4.0)
+            items.append({"id": f"{split}{k}", "video": f"videos/{split}{k}.mp4", "conversations": [
+                {"from": "human", "value": "<video>\nWhat is shown?"}, {"from": "gpt", "value": "a grey haystack"}]})
+        (root / f"{split}.json").write_text(json.dumps(items))
+    return root
+
+
+def test_open_ended_llava_data_trains_and_validates(cfg_factory, tmp_path):
+    """train.py data=llava_json: training on generated answers, validation by greedy generation
+    scored by exact match (val/acc) and token F1 (val/f1); no candidates anywhere."""
+    root = _llava_folder(tmp_path / "llava", 4)
+    data = ["data=llava_json", f"data.root={root}", "data.train_file=train.json", "data.val_file=val.json",
+            "data.num_frames=4", "data.frame_size=32", "data.batch_size=2", "model.max_new_tokens=6"]
+    metrics = train(cfg_factory([*data, "trainer.max_steps=4", "trainer.val_check_interval=4",
+                                 "callbacks.progress_bar.refresh_rate=0", "optim.lr=3e-3"]))
+    assert metrics["train_steps"] == 4 and metrics["val/n"] == 4
+    assert 0.0 <= metrics["val/acc"] <= metrics["val/f1"] <= 1.0
+    assert Path(metrics["checkpoint"]).name == "step_000004.ckpt"
+
+    def elsewhere(overrides: list[str], sub: str):
+        cfg = cfg_factory(overrides)
+        cfg.paths.output_dir = str(tmp_path / sub)
+        Path(cfg.paths.output_dir).mkdir()
+        return train(cfg)
+
+    # no val split: trains, keeps last.ckpt, reports training only
+    alone = elsewhere([*data, "data.val_file=null", "trainer.max_steps=2", "callbacks.progress_bar.refresh_rate=0"],
+                      "no_val_file")
+    assert alone["train_steps"] == 2 and "val/acc" not in alone and alone["checkpoint"].endswith("last.ckpt")
+    no_val = elsewhere([*data, "trainer.limit_val_batches=0", "trainer.max_steps=2",
+                        "callbacks.progress_bar.refresh_rate=0"], "limit_0")
+    assert no_val["train_steps"] == 2 and "val/acc" not in no_val
+
+
+def test_a_run_shorter_than_the_validation_interval_validates_at_its_end(cfg_factory):
+    metrics = train(cfg_factory([*TINY_DATA, "trainer.max_steps=3", "trainer.val_check_interval=500",
+                                 "callbacks.progress_bar.refresh_rate=0"]))
+    assert metrics["checkpoint"].endswith("step_000003.ckpt") and metrics["val/n"] == 8

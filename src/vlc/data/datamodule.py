@@ -342,6 +342,11 @@ class VideoDataModule(L.LightningDataModule):
         self._logged_skips = 0
 
     @property
+    def has_val(self) -> bool:
+        """Whether there is a validation split (synthetic data always has one)."""
+        return self.source == "synthetic" or bool(self.files["val"])
+
+    @property
     def has_test(self) -> bool:
         """Whether a test split distinct from val exists (synthetic data has train and val only)."""
         return self.source != "synthetic" and bool(self.files["test"])
@@ -433,8 +438,9 @@ class VideoDataModule(L.LightningDataModule):
         # Shuffled by (seed, epoch), split across ranks, resumable mid-epoch: see vlc.data.sampler.
         return resumable(self._loader("train", shuffle=False), seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        # No val split (data.val_file=null): no loader, and Lightning trains without validating.
+        return self._loader("val", shuffle=False) if self.has_val else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
