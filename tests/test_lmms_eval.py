@@ -144,6 +144,9 @@ def test_model_args_are_eval_py_overrides():
     assert cfg.ckpt_path is None and cfg.compressor.ratio == 16 and list(cfg.data.frame_size) == [24, 32]
     assert cfg.prompt.extra_instruction == "Look closely, then answer." and cfg.prompt.time_markers is True
     assert cfg.data.fps == 0.5 and cfg.data.num_frames is None and cfg.ckpt_compressor.window == 64
+    # Lightning names checkpoints epoch=0-step=10.ckpt: a value holding "=" is quoted for Hydra
+    (quoted,) = hydra_overrides(simple_parse_args_string("ckpt_path='/runs/epoch=0-step=10.ckpt'"))
+    assert compose_eval_config([quoted]).ckpt_path == "/runs/epoch=0-step=10.ckpt"
     with pytest.raises(ValueError, match="model_args has no ckpt_path"):
         compose_eval_config(["compressor=pool"])
 

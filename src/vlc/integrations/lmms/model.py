@@ -132,8 +132,8 @@ class Doc:
 class VLCCost(TokenCounts):
     """lmms-eval's per-request token counts plus what vlc measures of the document's context.
 
-    ``input_tokens``: prefix + visual tokens entering the LLM + question; ``output_tokens``: tokens
-    generated (generation only). The rest is ``measure_context``'s: per sample, latencies are the
+    ``input_tokens``: prefix + visual tokens entering the LLM + question; ``output_tokens``: the
+    generated text's tokens (generation only; re-encoded, so end-of-text is not counted). The rest is ``measure_context``'s: per sample, latencies are the
     batch's time / batch size, memory is the batch's (``base_mem_mb`` held just before).
     """
 
