@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from vlc.model.prefill import cache_of, with_cache
 from vlc.compressors import CacheCompressor, Compressor, UntrustedTargetError, build_compressor
 from vlc.model.prefill import left_pad
 from vlc.run import evaluate, train
@@ -58,10 +59,10 @@ class SinkAndRecent(CacheCompressor):
             raise ValueError("SinkAndRecent keeps one length per batch; use batches of equal clips")
         embeds, attention = left_pad(rows)
         out = llm.model(inputs_embeds=embeds, attention_mask=attention, use_cache=True,
-                        past_key_values=DynamicCache(config=llm.config))
+                        **with_cache(llm.model, DynamicCache(config=llm.config)))
         keep = torch.cat([torch.arange(S), torch.arange(max(S, embeds.shape[1] - self.recent), embeds.shape[1])])
         cache = DynamicCache()
-        for i, (k, v) in enumerate(iter_cache_layers(out.past_key_values)):
+        for i, (k, v) in enumerate(iter_cache_layers(cache_of(out))):
             cache.update(k[:, :, keep], v[:, :, keep], i)
         B = embeds.shape[0]
         return Context(cache, torch.ones(B, len(keep), dtype=torch.long), torch.full((B,), embeds.shape[1]),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hf_tiny import VIDEOXL_TINY, random_frames, save_tiny_videoxl, videoxl_tensors
 
+from vlc.model.prefill import with_cache
 from vlc.backbone.hf import build_backbone
 from vlc.backbone.hf.videoxl import PROMPT, VST_TARGET, load_beacons
 from vlc.backbone.tokenizer import build_tiny_tokenizer
@@ -111,7 +112,7 @@ def vst_logits(llm, tokenizer, vst, span, text: str):
     visual = [(span, torch.ones(span.shape[:2], dtype=torch.long))]
     ctx = vst.prefill(llm, embed(prefix), torch.ones_like(prefix), visual)
     positions = ctx.next_position[:, None] + torch.arange(ids.shape[1])[None]
-    out = llm(inputs_embeds=embed(ids), past_key_values=ctx.cache, position_ids=positions,
+    out = llm(inputs_embeds=embed(ids), **with_cache(llm, ctx.cache), position_ids=positions,
               attention_mask=torch.cat([ctx.attention_mask, torch.ones_like(ids)], 1))
     return out.logits, ctx
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
+from vlc.model.prefill import with_cache
 from vlc.compressors import vst as vst_module
 from vlc.compressors.vst import VisualSummarizationTokens
 from vlc.tokens import FrameTokens, iter_cache_layers
@@ -69,7 +70,7 @@ def continue_text(llm, ctx, text):
         inputs_embeds=text,
         attention_mask=torch.cat([ctx.attention_mask, text_mask], 1),
         position_ids=ctx.next_position[:, None] + torch.arange(T),
-        past_key_values=ctx.cache,
+        **with_cache(llm, ctx.cache),
         use_cache=True,
     ).logits  # (B, T, V)
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +97,62 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar counting what a step-budgeted run is about: global step n of
+    ``trainer.max_steps`` (not batches of the current epoch), its rate and ETA, the phase
+    ("warm-up" while ``model.uncompressed_steps`` bypasses the compressor, then "compressing"),
+    and the last validation's accuracy with the step it was measured at (``val/acc@500``), so a
+    stale figure is never shown as if it were current. Evaluation bars are Lightning's (batches,
+    rate, ETA)."""
+
+    def __init__(self, refresh_rate: int = 10, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self._last_val: tuple[int, float] | None = None
+
+    def _total(self, trainer: L.Trainer) -> int | None:
+        return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=self._total(trainer))
+        bar.initial = trainer.global_step  # a resumed run starts where its checkpoint was
+        bar.n = trainer.global_step
+        bar.set_description(self._phase(trainer, pl_module))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        pass  # one bar for the whole run: epochs are not what the budget counts
+
+    @staticmethod
+    def _phase(trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        warm = getattr(pl_module, "uncompressed_steps", 0)
+        if trainer.global_step < warm:
+            return f"train [warm-up {trainer.global_step}/{warm}, uncompressed]"
+        return "train [compressing]" if warm else "train"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and not bar.disable and (n % max(1, self.refresh_rate) == 0 or n == bar.total):
+            bar.n = n
+            bar.set_description(self._phase(trainer, pl_module), refresh=False)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is not None and not trainer.sanity_checking:
+            self._last_val = (trainer.global_step, float(acc))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if not k.startswith("val/")}
+        items.pop("v_num", None)
+        if self._last_val is not None:
+            step, acc = self._last_val
+            items[f"val/acc@{step}"] = f"{acc:.3f}"
+        return items

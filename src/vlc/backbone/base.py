@@ -50,7 +50,7 @@ class Backbone(nn.Module):
 
     tokenizer:        a Hugging Face tokenizer (``pad_token_id`` and ``eos_token_id`` set).
     llm:              a causal LM: ``llm(inputs_embeds=, attention_mask=, position_ids=,
-                      past_key_values=, use_cache=, logits_to_keep=)`` returns ``.logits``, and
+                      cache= (or past_key_values=), use_cache=, logits_to_keep=)`` returns ``.logits``, and
                       ``llm.get_decoder()`` has ``.layers`` and ``.rotary_emb`` (cache compressors
                       such as vst drive the layers themselves).
     prompt:           a ``vlc.model.prompt.PromptBuilder`` holding the model's chat template.

@@ -169,7 +169,7 @@ class VideoPipeline(nn.Module):
             ).logits  # (B, Lt, V): the text positions only
             return answer_loss(logits, labels)
         ctx = self.encode_context(batch, compress=compress)
-        # Checkpointed HF layers drop past_key_values (a cache written twice would be wrong on the
+        # Checkpointed HF layers drop their KV cache (a cache written twice would be wrong on the
         # recompute), which would cut the text off its context. vst checkpoints its own window loop;
         # the text after it is a few dozen tokens, so it runs un-checkpointed.
         with layer_checkpointing_off(self.backbone.llm):

@@ -8,12 +8,32 @@ generation share one path.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
 from vlc.tokens import Context, iter_cache_layers
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` from transformers 5.24 on
+    (``past_key_values`` still works there, with a warning, until 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """``{<the model's cache keyword>: cache}``, for ``model(**kwargs, **with_cache(model, cache))``."""
+    return {_cache_argument(type(model)): cache}
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def left_pad(seqs: list[Tensor], length: int | None = None) -> tuple[Tensor, Tensor]:
@@ -45,11 +65,11 @@ def default_prefill(
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions_from_mask(mask) if positions is None else positions,
-        past_key_values=DynamicCache(config=llm.config),
         use_cache=True,
+        **with_cache(llm.model, DynamicCache(config=llm.config)),
     )
     next_position = mask.sum(1) if positions is None else (positions * mask[None]).amax(dim=(0, 2)) + 1
-    return Context(out.past_key_values, mask, next_position, visual_tokens)
+    return Context(cache_of(out), mask, next_position, visual_tokens)
 
 
 def continue_from(
@@ -66,8 +86,8 @@ def continue_from(
         inputs_embeds=embeds,
         attention_mask=full_mask,
         position_ids=position_ids,
-        past_key_values=ctx.cache,
         use_cache=True,
+        **with_cache(llm, ctx.cache),
         logits_to_keep=logits_to_keep,
     )
     ctx.attention_mask = full_mask
