@@ -1,0 +1,131 @@
+"""Tiny random Qwen2.5-VL and VideoLLaMA3 checkpoints, saved the way the hub holds them (model +
+processor in one folder), so tests load them through ``build_backbone`` exactly as a user does.
+
+Also the two paths the equality tests compare: vlc's (encode → [compress] → project → [compress] →
+visual_span → one LLM forward over prefix | span | question + answer) and the HF model's own forward
+on the processor's output for the same frames and text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    VideoLlama3Config,
+    VideoLlama3ForConditionalGeneration,
+    VideoLlama3ImageProcessor,
+    VideoLlama3Processor,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+from transformers.models.video_llama_3.video_processing_video_llama_3 import VideoLlama3VideoProcessor
+
+from vlc.backbone.tokenizer import build_tiny_tokenizer
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
+# Frames up to 112 x 112 keep their size: smart_resize only rounds the sides to multiples of 28.
+SIZE = {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}
+
+
+def vision_tokenizer():
+    """vlc's tiny byte-level BPE tokenizer plus the vision markers both families use."""
+    tok = build_tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<video>", *VISION_TOKENS]})
+    return tok
+
+
+def _text_config(tok, **extra) -> dict:
+    return dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
+    )
+
+
+def tiny_qwen2_5_vl(path: Path, seed: int = 0, tokens_per_second: int = 2) -> Path:
+    """Qwen2.5-VL with 14 px patches, temporal patch 2, 2×2 merge, window attention over 2×2 merge
+    units (56 px) in block 0 and full attention in block 1; head_dim 16, mrope_section [2, 3, 3]."""
+    tok = vision_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=_text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                       "rope_theta": 1e6}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
+                           out_hidden_size=64, tokens_per_second=tokens_per_second),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
+    Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=SIZE),
+        video_processor=Qwen2VLVideoProcessor(size=SIZE, cap_pixels_per_frame=False),
+        tokenizer=tok,
+    ).save_pretrained(path)
+    return path
+
+
+def tiny_videollama3(path: Path, seed: int = 0) -> Path:
+    """VideoLLaMA3 with 14 px patches and a 2×2 bilinear downsample in the vision model."""
+    tok = vision_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    config = VideoLlama3Config(
+        text_config=dict(model_type="qwen2", **_text_config(tok)),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           patch_size=14),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    )
+    torch.manual_seed(seed)
+    VideoLlama3ForConditionalGeneration(config).save_pretrained(path)
+    # The video processor divides its longest_edge by the frame count (VideoLLaMA3's budget per video).
+    VideoLlama3Processor(
+        image_processor=VideoLlama3ImageProcessor(size=SIZE),
+        video_processor=VideoLlama3VideoProcessor(size={"shortest_edge": SIZE["shortest_edge"],
+                                                        "longest_edge": SIZE["longest_edge"] * 64}),
+        tokenizer=tok,
+    ).save_pretrained(path)
+    return path
+
+
+def frames_at(times: list[float], height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """uint8 (T, 3, H, W) random frames."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (len(times), 3, height, width), generator=g, dtype=torch.uint8)
+
+
+def metadata(times: list[float], fps: float) -> dict:
+    """What the processor needs to know the frames' times: frame i at index round(t_i · fps)."""
+    return {"total_num_frames": len(times), "fps": fps, "frames_indices": [round(t * fps) for t in times]}
+
+
+def vlc_forward(backbone, frames, times, question: str, answer: str, compressor=None, sits: str = "projected"):
+    """vlc's path for one sample: returns (logits (1, L, V), the FrameTokens that reached the span, the
+    span, the text ids before and after it). Text after an M-RoPE span continues one past its last entry."""
+    frames, times = frames[None], torch.tensor([times])
+    ft, pixels = backbone.encode(frames, torch.ones(times.shape, dtype=torch.bool), times)
+    if compressor is not None and sits == "encoder":
+        ft = compressor(ft, pixels)
+    ft = backbone.project(ft)
+    if compressor is not None and sits == "projected":
+        ft = compressor(ft, pixels)
+    span = backbone.visual_span(ft)
+    prompt = backbone.prompt
+    before = prompt.prefix_ids()
+    after = prompt.encode(prompt.question_text(question, None) + prompt.answer_text(answer, None))
+    embeds = torch.cat([backbone.embed(torch.tensor([before])), span.embeds, backbone.embed(torch.tensor([after]))], 1)
+    S, V, A = len(before), span.embeds.shape[1], len(after)
+    if span.positions is None:
+        position_ids = torch.arange(S + V + A)[None]
+    else:
+        text_start = S + int(span.positions[:, 0, -1].max()) + 1
+        position_ids = torch.cat([
+            torch.arange(S).expand(3, 1, S), S + span.positions, text_start + torch.arange(A).expand(3, 1, A)
+        ], 2)
+    out = backbone.llm(inputs_embeds=embeds, attention_mask=torch.ones(1, S + V + A, dtype=torch.long),
+                       position_ids=position_ids)
+    return out.logits, ft, span, before, after

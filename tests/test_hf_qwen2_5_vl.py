@@ -1,0 +1,216 @@
+"""Qwen2.5-VL through build_backbone: with no compressor vlc's logits equal the HF model's own forward
+on the same frames and text; the 3-D M-RoPE positions of kept, pruned and pooled tokens; token counts.
+
+The tiny checkpoint (tests/hf_tiny_qwen.py): 14 px patches, temporal patch 2, 2×2 merge,
+tokens_per_second 2. Frames of 56 × 112 px → 4 × 8 patches per temporal group → 2 × 4 = 8 tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from hf_tiny_qwen import frames_at, metadata, tiny_qwen2_5_vl, vlc_forward
+from vlc.backbone.hf import FAMILIES, build_backbone
+from vlc.compressors.diffp import DifferentialFramePruning
+from vlc.compressors.pool import SpatialPool
+from vlc.run import CONFIG_DIR
+
+QUESTION, ANSWER = "What color is the shape?", "red"
+TIMES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]  # 2 fps: four temporal groups, one second each
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="module")
+def hf(checkpoint):
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        checkpoint, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    return model.eval(), AutoProcessor.from_pretrained(checkpoint)
+
+
+def load(checkpoint, **options):
+    return build_backbone("qwen2_5_vl", str(checkpoint), dtype="float32", attn_implementation="sdpa", **options).eval()
+
+
+def hf_inputs(backbone, processor, frames, times, fps):
+    p = backbone.prompt
+    video = "<|vision_start|><|video_pad|><|vision_end|>"
+    text = p.prefix + video + p.question_text(QUESTION, None) + p.answer_text(ANSWER, None)
+    return processor(text=[text], videos=[frames], video_metadata=[metadata(times, fps)], return_tensors="pt")
+
+
+def release_positions(model, inputs):
+    """The positions Qwen2.5-VL's release computes: HF's own for the prompt up to the video, text after
+    it one past the video's largest position (transformers 5.x continues at start + max(h, w) instead)."""
+    pos, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                         video_grid_thw=inputs["video_grid_thw"],
+                                         second_per_grid_ts=inputs["second_per_grid_ts"])
+    video = (inputs["mm_token_type_ids"][0] == 2).nonzero()[:, 0]
+    after = int(video[-1]) + 1
+    start = int(pos[:, 0, video].max()) + 1
+    pos[:, 0, after:] = start + torch.arange(pos.shape[2] - after)
+    return pos
+
+
+@pytest.mark.parametrize("fps, taus", [(1.0, [0, 4, 8, 12]), (2.0, [0, 2, 4, 6]), (4.0, [0, 1, 2, 3])])
+def test_no_compressor_equals_the_hf_forward(checkpoint, hf, fps, taus):
+    """text_after_video=grid reproduces transformers' own positions: the same logits to float rounding
+    (max |Δ| 0.0 measured), 8 tokens per temporal group as the processor counts, τ = g · 2/fps · 2."""
+    model, processor = hf
+    backbone = load(checkpoint, text_after_video="grid")
+    times = [i / fps for i in range(8)]
+    frames = frames_at(times, 56, 112)
+    with torch.no_grad():
+        logits, ft, span, before, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
+        inputs = hf_inputs(backbone, processor, frames, times, fps)
+        ref = model(**inputs).logits
+    assert ft.tokens.shape == (1, 4, 8, 64) and ft.grid == (2, 4)
+    assert int(inputs["video_grid_thw"].prod()) // 4 // 4 == 8  # HF: tokens per temporal group
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[: len(before)] == before and ids[-len(after):] == after
+    assert logits.shape == ref.shape == (1, len(before) + 34 + len(after), 516)
+    assert (logits - ref).abs().max() <= 1e-4
+    assert span.positions[0, 0, 1::8][:4].tolist() == [1 + t for t in taus]
+
+
+def test_release_positions_equal_hf_given_those_positions(checkpoint, hf):
+    """The default (Qwen2.5-VL's release): the video's positions are transformers', the text after it
+    continues at the video's max + 1 = 8 (relative to <|vision_start|>), not at 1 + max(2, 4) = 5."""
+    model, processor = hf
+    backbone = load(checkpoint)
+    frames = frames_at(TIMES, 56, 112)
+    with torch.no_grad():
+        logits, _, span, before, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
+        inputs = hf_inputs(backbone, processor, frames, TIMES, 2.0)
+        ref = model(**inputs, position_ids=release_positions(model, inputs)).logits
+        grid_rule = model(**inputs).logits
+    assert (logits - ref).abs().max() <= 1e-4
+    assert (logits - grid_rule).abs().max() > 1e-3  # the two rules do differ on this prompt
+    pos = span.positions[:, 0]
+    assert pos[:, 0].tolist() == [0, 0, 0] and pos[:, -1].tolist() == [8, 8, 8]
+    assert pos[0, 1:-1].tolist() == [1] * 8 + [3] * 8 + [5] * 8 + [7] * 8
+    assert pos[1, 1:9].tolist() == [1, 1, 1, 1, 2, 2, 2, 2] and pos[2, 1:9].tolist() == [1, 2, 3, 4] * 2
+
+
+def test_odd_frame_count_repeats_the_last_frame_as_the_processor_does(checkpoint, hf):
+    model, processor = hf
+    backbone = load(checkpoint, text_after_video="grid")
+    times = [0.0, 0.5, 1.0]
+    frames = frames_at(times, 56, 112, seed=3)
+    with torch.no_grad():
+        logits, ft, _, _, _ = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
+        ref = model(**hf_inputs(backbone, processor, frames, times, 2.0)).logits
+    assert ft.tokens.shape[:3] == (1, 2, 8) and ft.times.tolist() == [[0.0, 1.0]]
+    assert (logits - ref).abs().max() <= 1e-4
+
+
+def test_encode_layout_counts_and_batch_padding(checkpoint):
+    """Pre-merge patches per temporal group on grid (4, 8); a shorter sample's missing groups are
+    masked, its real groups equal its own encode; group pixels are the pair's mean at 56 × 112."""
+    backbone = load(checkpoint)
+    assert backbone.tokens_per_frame == 8 * 8  # 448 x 448 frames, capped at 112 x 112 px by the tiny processor
+    assert backbone.patches_per_group(56, 112) == 32 and backbone.vision_dim == 32 and backbone.hidden_size == 64
+    frames = torch.stack([frames_at(TIMES, 56, 112, seed=1), frames_at(TIMES, 56, 112, seed=2)])
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 4:] = False
+    times = torch.tensor([TIMES, TIMES])
+    with torch.no_grad():
+        ft, pixels = backbone.encode(frames, mask, times)
+        alone, _ = backbone.encode(frames[1:, :4], mask[1:, :4], times[1:, :4])
+    assert ft.tokens.shape == (2, 4, 32, 32) and ft.grid == (4, 8) and pixels.shape == (2, 4, 3, 56, 112)
+    assert ft.token_mask.sum((1, 2)).tolist() == [128, 64]
+    assert ft.times[1].tolist() == [0.0, 1.0, 0.0, 0.0]
+    torch.testing.assert_close(ft.tokens[1, :2], alone.tokens[0], atol=1e-5, rtol=1e-5)
+    # The processor normalises with CLIP's mean/std; a group's pixels are the mean of its two frames.
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor(backbone.pixel_std)[:, None, None]
+    pair = (frames[0, :2].float() / 255 - mean) / std
+    torch.testing.assert_close(pixels[0, 0], pair.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_components_share_and_cover_the_hf_weights(checkpoint, hf):
+    model, _ = hf
+    backbone = load(checkpoint)
+    groups = [set(map(id, getattr(backbone, name).parameters())) for name in ("encoder", "projector", "llm")]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    counts = [sum(p.numel() for p in getattr(backbone, n).parameters()) for n in ("encoder", "projector", "llm")]
+    assert sum(counts) == sum(p.numel() for p in model.parameters())  # every weight belongs to one component
+    backbone.encoder.requires_grad_(False)
+    assert backbone.projector.mlp[0].weight.requires_grad  # freezing the tower leaves the merger alone
+
+
+def test_pruned_tokens_keep_their_positions(checkpoint):
+    """diffp on the LLM's tokens (28 px regions): only the top-left region changes after the first
+    group, so 8 + 1 + 1 + 1 = 11 tokens stay, each at the (τ, row, column) it had unpruned."""
+    backbone = load(checkpoint)
+    frames = frames_at(TIMES, 56, 112).clone()
+    frames[:] = frames[0]
+    frames[:, :, :28, :28] = frames_at(TIMES, 28, 28, seed=5)
+    diffp = DifferentialFramePruning(threshold=0.1, pixel_std=backbone.pixel_std)
+    with torch.no_grad():
+        _, full, span_full, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
+        _, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, compressor=diffp)
+    assert ft.token_mask.sum((2,)).tolist() == [[8, 1, 1, 1]]
+    keep = torch.cat([torch.tensor([True]), ft.token_mask[0].flatten(), torch.tensor([True])])
+    kept = span_full.positions[:, 0, keep]
+    assert span.positions.shape == (3, 1, 13)
+    assert torch.equal(span.positions[:, 0, :-1], kept[:, :-1])
+    assert span.positions[:, 0, 9:12].T.tolist() == [[3, 1, 1], [5, 1, 1], [7, 1, 1]]
+    assert span.positions[:, 0, -1].tolist() == [8, 8, 8]  # still one past the largest kept position
+
+
+@pytest.mark.parametrize("sits", ["encoder", "projected"])
+def test_pooled_tokens_sit_on_the_smaller_grid(checkpoint, sits):
+    """pool 2×2 before the merger (4×8 patches → 2×4 → merged 1×2) or after it (2×4 → 1×2): 2 tokens
+    per group, at rows 1 and columns 1, 2; text after the video at max + 1 = 8."""
+    backbone = load(checkpoint)
+    frames = frames_at(TIMES, 56, 112)
+    with torch.no_grad():
+        logits, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, SpatialPool(2), sits)
+    assert ft.grid == (1, 2) and ft.token_mask.sum().item() == 8
+    pos = span.positions[:, 0]
+    assert pos[0].tolist() == [0, 1, 1, 3, 3, 5, 5, 7, 7, 8]
+    assert pos[1].tolist() == [0] + [1] * 8 + [8] and pos[2].tolist() == [0] + [1, 2] * 4 + [8]
+    assert torch.isfinite(logits).all()
+
+
+def test_merger_refuses_a_grid_it_cannot_merge(checkpoint):
+    backbone = load(checkpoint)
+    ft, _ = backbone.encode(frames_at(TIMES, 56, 112)[None], torch.ones(1, 8, dtype=torch.bool), torch.tensor([TIMES]))
+    with pytest.raises(ValueError, match=r"merger needs the patch grid in 2x2 blocks, got grid \(1, 2\)"):
+        backbone.project(SpatialPool(4)(ft))
+
+
+def test_unknown_family_and_option_name_the_choices(checkpoint):
+    assert "qwen2_5_vl" in FAMILIES
+    with pytest.raises(ValueError, match=r"family='qwen2vl' is unknown; choose one of \[.*'qwen2_5_vl'"):
+        build_backbone("qwen2vl", str(checkpoint))
+    with pytest.raises(ValueError, match=r"text_after_video='last'.*\('max', 'grid'\)"):
+        load(checkpoint, text_after_video="last")
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
+def test_model_configs_hold_options_the_backbone_takes(checkpoint, name):
+    """The configs' backbone options, applied to the tiny checkpoint (no download)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=True)
+    options = dict(cfg["backbone"])
+    assert options.pop("family") == "qwen2_5_vl" and options.pop("name_or_path").startswith("Qwen/Qwen2.5-VL-")
+    options.update(dtype="float32", attn_implementation="sdpa")
+    backbone = build_backbone("qwen2_5_vl", str(checkpoint), **options)
+    assert backbone.text_after_video == "max" and cfg["freeze"]["encoder"] is True
+
+
+def test_pixel_bounds_override_the_processor(checkpoint):
+    """max_pixels=56·56: smart_resize takes 56 × 112 frames down to 28 × 56, 2 × 4 patches per group."""
+    backbone = load(checkpoint, max_pixels=56 * 56)
+    assert backbone.patches_per_group(56, 112) == 8
+    frames, mask, times = frames_at(TIMES, 56, 112)[None], torch.ones(1, 8, dtype=torch.bool), torch.tensor([TIMES])
+    ft, pixels = backbone.encode(frames, mask, times)
+    assert ft.grid == (2, 4) and pixels.shape[-2:] == (28, 56)
