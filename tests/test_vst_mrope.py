@@ -103,7 +103,8 @@ def test_beacons_take_the_position_of_the_raw_token_they_follow(backbone, ratio,
     sink, w1, w2, w3, final = seen[:5]  # then the cache's re-rotation again for the second layer
     assert torch.equal(sink[0], torch.arange(S))
     # Window 1 (entries 0-15), slot by slot: raw tokens, and after every r of them a beacon.
-    slots = [native[:, t] for j in range(16 // ratio) for t in [*range(j * ratio, (j + 1) * ratio), (j + 1) * ratio - 1]]
+    groups = [[*range(j * ratio, (j + 1) * ratio), (j + 1) * ratio - 1] for j in range(16 // ratio)]
+    slots = [native[:, t] for group in groups for t in group]
     assert torch.equal(w1[:, 0, S:], torch.stack(slots, 1))
     # Window 2 sees the sink at 0 … S-1 and window 1's beacons at the positions they ran with.
     memory = torch.cat([torch.arange(S).expand(3, S), native[:, followed[: 16 // ratio]]], 1)
