@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vlc.backbone.base import Backbone
-from vlc.backbone.hf import qwen2_5_vl
+from vlc.backbone.hf import qwen2_5_vl, videollama3
 
 FAMILIES: dict[str, Callable[..., Backbone]] = {
     "qwen2_5_vl": qwen2_5_vl.build,
+    "videollama3": videollama3.build,
 }
 
 
