@@ -105,12 +105,14 @@ def metadata(times: list[float], fps: float) -> dict:
 
 def vlc_forward(backbone, frames, times, question: str, answer: str, compressor=None, sits: str = "projected"):
     """vlc's path for one sample: returns (logits (1, L, V), the FrameTokens that reached the span, the
-    span, the text ids before and after it). Text after an M-RoPE span continues one past its last entry."""
+    span, the text ids before and after it). ``sits``: the compressor runs on "encoder" features, on
+    "projected" ones, or in place of the "projector". Text after an M-RoPE span continues one past
+    its last entry."""
     frames, times = frames[None], torch.tensor([times])
     ft, pixels = backbone.encode(frames, torch.ones(times.shape, dtype=torch.bool), times)
     if compressor is not None and sits == "encoder":
         ft = compressor(ft, pixels)
-    ft = backbone.project(ft)
+    ft = compressor(ft, pixels) if compressor is not None and sits == "projector" else backbone.project(ft)
     if compressor is not None and sits == "projected":
         ft = compressor(ft, pixels)
     span = backbone.visual_span(ft)

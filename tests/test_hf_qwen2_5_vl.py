@@ -16,6 +16,7 @@ from hf_tiny_qwen import frames_at, metadata, tiny_qwen2_5_vl, vlc_forward
 from vlc.backbone.hf import FAMILIES, build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
+from vlc.compressors.stc import STCConnector
 from vlc.run import CONFIG_DIR
 
 QUESTION, ANSWER = "What color is the shape?", "red"
@@ -178,6 +179,19 @@ def test_pooled_tokens_sit_on_the_smaller_grid(checkpoint, sits):
     pos = span.positions[:, 0]
     assert pos[0].tolist() == [0, 1, 1, 3, 3, 5, 5, 7, 7, 8]
     assert pos[1].tolist() == [0] + [1] * 8 + [8] and pos[2].tolist() == [0] + [1, 2] * 4 + [8]
+    assert torch.isfinite(logits).all()
+
+
+def test_stc_in_place_of_the_merger(checkpoint):
+    """VideoLLaMA2's STC (v35: no padding) as the projector reads the pre-merge patches: 4 temporal
+    groups of 4 × 8 → 2 of 2 × 4 at the LLM width, 16 tokens; their τ are the merged groups' times."""
+    backbone = load(checkpoint)
+    stc = STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0)
+    with torch.no_grad():
+        logits, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc,
+                                             "projector")
+    assert ft.tokens.shape == (1, 2, 8, 64) and ft.grid == (2, 4) and ft.times.tolist() == [[0.5, 2.5]]
+    assert span.positions[0, 0].tolist() == [0] + [1] * 8 + [5] * 8 + [6]
     assert torch.isfinite(logits).all()
 
 

@@ -17,6 +17,9 @@ from hf_tiny_qwen import frames_at, metadata, tiny_videollama3, vlc_forward
 from vlc.backbone.hf import build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
+from vlc.compressors.stc import STCConnector
+from vlc.compressors.vst import VisualSummarizationTokens
+from vlc.model.prefill import continue_from
 from vlc.run import CONFIG_DIR
 
 QUESTION, ANSWER = "What color is the shape?", "red"
@@ -124,6 +127,34 @@ def test_pool_and_a_dropped_frame_keep_the_markers_in_step(checkpoint):
     time2 = backbone.embed(torch.tensor(backbone.marker_ids(",Time 2.0s:")))
     start = marker[0] + 2
     torch.testing.assert_close(short.embeds[0, start: start + len(time2)], time2)
+
+
+def test_stc_in_place_of_the_projector(checkpoint):
+    """VideoLLaMA2's STC (v35) reads the vision model's 2 × 4 tokens per frame: 4 frames → 2 of
+    1 × 2 at the LLM width, each behind the marker of its merged time (0.5 s, 2.5 s)."""
+    backbone = load(checkpoint)
+    stc = STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0)
+    with torch.no_grad():
+        _, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc, "projector")
+    assert ft.tokens.shape == (1, 2, 2, 64) and ft.times.tolist() == [[0.5, 2.5]]
+    markers = len(backbone.marker_ids("Time 0.5s:")) + len(backbone.marker_ids(",Time 2.5s:"))
+    assert span.embeds.shape[1] == markers + 4
+
+
+def test_vst_without_compression_equals_the_plain_forward(checkpoint):
+    """vst's windowed prefill (1-D RoPE here; windows of 16 over the 59-entry span, 32 tokens and 27
+    marker tokens) then the question and answer: the same logits as one forward over the prompt."""
+    backbone = load(checkpoint)
+    with torch.no_grad():
+        full, _, span, before, after = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER)
+        vst = VisualSummarizationTokens(window=16, ratio=4, ratios=(4,), compress=False).eval()
+        vst.attach(backbone.llm, backbone.tokenizer)
+        prefix = torch.tensor([before])
+        ctx = vst.prefill(backbone.llm, backbone.embed(prefix), torch.ones_like(prefix), [(span.embeds, span.mask)])
+        assert span.embeds.shape[1] == 59 and ctx.length == len(before) + 59
+        ids = torch.tensor([after])
+        logits = continue_from(backbone.llm, ctx, backbone.embed(ids), torch.ones_like(ids))
+    assert (logits - full[:, -len(after):]).abs().max() <= 1e-4
 
 
 def test_batch_of_videos_equals_each_alone_and_counts_tokens(checkpoint):
