@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = next(iter(datamodule.train_dataloader()))
     batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
-        ctx = model.encode_context(batch)
+        ctx = model.pipeline.encode_context(batch)
     result = dict(
         mode=args.mode, frames=args.frames, tiny=args.tiny,
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

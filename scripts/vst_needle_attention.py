@@ -22,7 +22,6 @@ import torch
 from omegaconf import OmegaConf
 
 from vlc.compressors import vst as vst_module
-from vlc.evaluation.loop import predict
 from vlc.model.video_llm import VideoLLM
 
 
@@ -50,8 +49,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float, int, li
     per_window = len(vst.beacon_q) - 1  # attention runs in every layer but the last
     if not 0 <= args.layer < per_window:
         raise SystemExit(f"--layer {args.layer}: beacon attention that is read runs in layers 0..{per_window - 1}")
-    correct = {r["id"]: r["correct"] for r in predict(model, datamodule.val_dataloader(), torch.device("cpu"))}
-    per_frame = model.encoder.tokens_per_frame
+    with torch.no_grad():
+        correct = {r["id"]: r["correct"] for batch in datamodule.val_dataloader() for r in model.pipeline.evaluate(batch)}
+    per_frame = model.backbone.encoder.tokens_per_frame
     frames_per_window = vst.window // per_frame
     if frames_per_window < 1:
         raise SystemExit(f"compressor.window={vst.window} is shorter than one frame ({per_frame} tokens)")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float, int, li
         for batch in datamodule.val_dataloader():
             calls.clear()
             with torch.no_grad():
-                model.encode_context(batch)
+                model.pipeline.encode_context(batch)
             layer = calls[per_window + args.layer :: per_window]  # the prefix's calls come first
             for b, meta in enumerate(batch["meta"]):
                 window, j = divmod(int(meta["needle_index"]), frames_per_window)

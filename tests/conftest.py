@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from vlc.run import CONFIG_DIR
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 # Small enough for 2 CPU cores, big enough to be a real multi-frame video.
 TINY_DATA = [
@@ -52,6 +52,17 @@ def cfg_factory(tmp_path):
         return compose_config(name, list(overrides), tmp_path)
 
     return make
+
+
+def option_scores(model, batch: dict):
+    """(B, K) option log-likelihoods of a batch (-inf pads missing options), as evaluation scores them."""
+    p = model.pipeline
+    return p.score_candidates(p.encode_context(batch), batch["questions"], batch["candidates"])
+
+
+def record_column(model, batch: dict, key: str) -> list:
+    """One field of the evaluation records of a batch (``VideoPipeline.evaluate``), per sample."""
+    return [r[key] for r in model.pipeline.evaluate(batch)]
 
 
 def fake_batch(B: int = 2, T: int = 6, size: int = 32, seed: int = 0) -> dict:

@@ -13,7 +13,7 @@ from vlc.backbone.tokenizer import VIDEO_TOKEN, build_tiny_tokenizer, load_token
 from vlc.model.video_llm import VideoLLM
 from vlc.run import build_model
 
-from conftest import fake_batch
+from conftest import fake_batch, option_scores
 
 TINY_VIT = dict(name="vit_tiny_patch16_224", img_size=32, model_kwargs=dict(patch_size=8, embed_dim=48, depth=3, num_heads=2))
 
@@ -97,14 +97,14 @@ def test_videollm_loaded_from_saved_parts_equals_in_memory(cfg_factory, tmp_path
     mem = build_model(cfg).eval()
     mem.llm.save_pretrained(tmp_path / "llm")
     mem.tokenizer.save_pretrained(tmp_path / "llm")
-    save_file({k: v.contiguous() for k, v in mem.encoder.model.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    save_file({k: v.contiguous() for k, v in mem.backbone.encoder.model.state_dict().items()}, str(tmp_path / "vit.safetensors"))
     hp = dict(mem.hparams)
     hp["encoder"] = {**hp["encoder"], "checkpoint_path": str(tmp_path / "vit.safetensors")}
     hp["llm"] = {**hp["llm"], "name_or_path": str(tmp_path / "llm"), "config": None}
     hp["tokenizer"] = {"name_or_path": str(tmp_path / "llm")}
     loaded = VideoLLM(**hp).eval()
-    loaded.projector.load_state_dict(mem.projector.state_dict())
+    loaded.backbone.projector.load_state_dict(mem.backbone.projector.state_dict())
     batch = fake_batch()
     with torch.no_grad():
         torch.testing.assert_close(mem(batch), loaded(batch))
-        torch.testing.assert_close(mem.evaluate_batch(batch)["scores"], loaded.evaluate_batch(batch)["scores"])
+        torch.testing.assert_close(option_scores(mem, batch), option_scores(loaded, batch))

@@ -14,8 +14,7 @@ from vlc.evaluation.bench import (
     default_compressors,
     find_max_frames,
     main,
-    parse_compressor,
-    split_compressors,
+    variants,
     update_docs,
 )
 from vlc.run import CONFIG_DIR
@@ -28,7 +27,7 @@ def _rows(path: Path) -> list[dict]:
 
 def test_bench_two_compressors_two_frame_counts(tmp_path):
     out = tmp_path / "out"
-    rows = main(["--compressors", "none,pool", "--frames", "2,4", "--no-warmup", "--out", str(out),
+    rows = main(["compressor=none,pool", "--frames", "2,4", "--no-warmup", "--out", str(out),
                  "--cache", str(tmp_path / "videos"), "--update-docs", str(tmp_path / "benchmarks.md"), "--table", "t"])
     assert len(rows) == 4
     on_disk = _rows(out / "bench.csv")
@@ -60,11 +59,9 @@ def test_compressor_specs():
     names = default_compressors(CONFIG_DIR)
     assert "chain" not in names and {"none", "pool", "vst", "vst:ratio=4"} <= set(names)
     assert len(names) == len(list((CONFIG_DIR / "compressor").glob("*.yaml")))  # all but chain, + vst r4
-    assert parse_compressor("vst:ratio=4,window=160") == ("vst", ["compressor.ratio=4", "compressor.window=160"])
-    assert parse_compressor("pool") == ("pool", [])
-    assert split_compressors("none,vst:ratio=4;window=160") == ["none", "vst:ratio=4,window=160"]
-    with pytest.raises(ValueError, match="key=value"):
-        parse_compressor("vst:ratio")
+    specs, shared = variants([], CONFIG_DIR)  # no compressor=: the defaults, vst at ratio 4 among them
+    assert ("vst:ratio=4", ["compressor=vst", "compressor.ratio=4"]) in specs and shared == []
+    assert len(specs) == len(names)
 
 
 def _fake(limit: int):
@@ -93,7 +90,7 @@ def test_find_max_frames_grows_then_bisects():
 
 
 def test_max_frames_on_cpu_end_to_end(tmp_path):
-    rows = main(["--compressors", "pool", "--frames", "4", "--max-frames", "--frames-cap", "8", "--no-from-video",
+    rows = main(["compressor=pool", "--frames", "4", "--max-frames", "--frames-cap", "8", "--no-from-video",
                  "--no-warmup", "--mem-limit-gb", "64", "--out", str(tmp_path)])
     assert [r["frames"] for r in rows] == [4, 8]
     (summary,) = _rows(tmp_path / "max_frames.csv")
@@ -101,17 +98,29 @@ def test_max_frames_on_cpu_end_to_end(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
-def test_cuda_request_without_cuda_measures_nothing(tmp_path):
-    assert main(["--device", "cuda", "--compressors", "none", "--frames", "2", "--out", str(tmp_path)]) == []
+def test_cuda_request_without_cuda_fails_before_measuring(tmp_path):
+    with pytest.raises(SystemExit, match="CUDA is not available on this machine"):
+        main(["--device", "cuda", "compressor=none", "--frames", "2", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_variants_in_hydra_syntax():
+    specs, shared = variants(["compressor=none,pool", "model.encoder.img_size=64", "compressor=vst",
+                              "compressor.ratio=4", "compressor.window=32"], Path("configs"))
+    assert specs == [("none", ["compressor=none"]), ("pool", ["compressor=pool"]),
+                     ("vst:ratio=4,window=32", ["compressor=vst", "compressor.ratio=4", "compressor.window=32"])]
+    assert shared == ["model.encoder.img_size=64"]
+    with pytest.raises(ValueError, match="give compressor=NAME before its settings"):
+        variants(["compressor.ratio=4"], Path("configs"))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bench_on_cuda(tmp_path):
-    rows = main(["--device", "cuda", "--compressors", "none,vst", "--frames", "4,8", "--out", str(tmp_path)])
+    rows = main(["--device", "cuda", "compressor=none,vst", "--frames", "4,8", "--out", str(tmp_path)])
     assert [r["visual_tokens"] for r in rows] == [64, 128, 64, 128]
     assert all(r["peak_mem_mb"] > 0 and "thread" not in r["device"] for r in rows)
-    rows = main(["--device", "cuda", "--compressors", "pool", "--frames", "4", "--max-frames", "--frames-cap", "16",
+    rows = main(["--device", "cuda", "compressor=pool", "--frames", "4", "--max-frames", "--frames-cap", "16",
                  "--out", str(tmp_path / "max")])
     assert [r["frames"] for r in rows] == [4, 8, 16]
 

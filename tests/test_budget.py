@@ -109,9 +109,10 @@ def test_model_end_to_end(cfg_factory):
     loss.backward()
     assert torch.isfinite(loss)
     with torch.no_grad():
-        out = m.eval().evaluate_batch(b)
+        records = m.eval().pipeline.evaluate(b)
     assert m.compressor.last_strides == [2, 1]  # 6 · 16 = 96 > 40, 6 · 4 = 24 ≤ 40
-    assert out["visual_tokens"].tolist() == [24, 32]
+    assert [r["visual_tokens"] for r in records] == [24, 32]
+    assert [r["pool_stride"] for r in records] == [2.0, 1.0]  # the compressor's report, kept per sample
 
 
 def test_a_run_reports_the_chosen_factor(cfg_factory):

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from vlc.compressors import build_compressor
+from vlc.compressors import CacheCompressor, build_compressor
 from vlc.compressors.chain import CompressorChain
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.moviechat import MovieChatMemory
@@ -36,10 +36,10 @@ def square_video(T: int) -> tuple[FrameTokens, torch.Tensor]:
 
 
 def test_example_config_is_diffp_then_pool_and_counts_compose():
-    chain = build_compressor(OmegaConf.load(CONFIGS / "chain.yaml"), D)
+    chain = build_compressor(OmegaConf.load(CONFIGS / "chain.yaml"), dim=D)
     assert isinstance(chain, CompressorChain)
     assert [type(s) for s in chain.stages] == [DifferentialFramePruning, SpatialPool]
-    assert not hasattr(chain, "prefill") and not hasattr(chain, "attach")
+    assert chain.kind == "token" and chain.reads_pixels and chain.keeps_frames and chain.needs_grid
 
     x, pixels = square_video(4)
     out = chain(x, pixels)
@@ -55,7 +55,7 @@ def test_example_config_is_diffp_then_pool_and_counts_compose():
 def test_moviechat_then_pool_counts_compose():
     # 40 frames → 9 × 2 + 2 = 20 memory frames; pooling 4×4 → 2×2: 20 × 4 = 80 tokens.
     chain = build_compressor({"_target_": "vlc.compressors.chain.CompressorChain", "_partial_": True,
-                              "stages": [MOVIECHAT, POOL]}, D)
+                              "stages": [MOVIECHAT, POOL]}, dim=D)
     x, pixels = square_video(40)
     out = chain(x, pixels)
     assert out.tokens.shape == (1, 20, 4, D)
@@ -68,12 +68,13 @@ def test_pixels_are_withheld_once_frames_merge():
     # diffp → diffp: frames unchanged, so the second stage still gets pixels (and changes nothing).
     twice = CompressorChain(D, [DIFFP, DIFFP])(x, pixels)
     assert torch.equal(twice.token_mask, DifferentialFramePruning()(x, pixels).token_mask)
-    # moviechat → diffp: the memory frames are not the frames the pixels show.
-    with pytest.raises(ValueError, match="needs the frames' pixels"):
-        CompressorChain(D, [MOVIECHAT, DIFFP])(x, pixels)
+    # moviechat → diffp: the memory frames are not the frames the pixels show; refused when built,
+    # from the stages' declarations (moviechat.keeps_frames is False, diffp.reads_pixels True).
+    with pytest.raises(ValueError, match=r"stages\[1\] \(DifferentialFramePruning\) compares pixels"):
+        CompressorChain(D, [MOVIECHAT, DIFFP])
 
 
-class InLLMStage(nn.Module):
+class InLLMStage(CacheCompressor):
     """Stands in for vst: identity before the LLM, compresses in prefill."""
 
     streaming = True
@@ -83,12 +84,12 @@ class InLLMStage(nn.Module):
         self.dim, self.calls = dim, []
         self.beacon = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: FrameTokens, pixels: torch.Tensor | None = None) -> FrameTokens:
+    def forward(self, x: FrameTokens, pixels: torch.Tensor | None = None, question=None) -> FrameTokens:
         self.calls.append(("forward", x.num_tokens().tolist()))
         return x
 
-    def attach(self, llm, tokenizer) -> None:
-        self.calls.append(("attach", llm, tokenizer))
+    def bind(self, llm, tokenizer) -> None:
+        self.calls.append(("bind", llm, tokenizer))
 
     def prefill(self, llm, sink, sink_mask, visual):
         self.calls.append(("prefill", llm))
@@ -98,19 +99,20 @@ class InLLMStage(nn.Module):
 def test_last_in_llm_stage_is_delegated_to():
     stage = {"_target_": f"{__name__}.InLLMStage", "_partial_": True}
     chain = build_compressor({"_target_": "vlc.compressors.chain.CompressorChain", "_partial_": True,
-                              "stages": [DIFFP, stage]}, D)
+                              "stages": [DIFFP, stage]}, dim=D)
     last = chain.stages[-1]
     assert isinstance(last, InLLMStage) and last.dim == D
     assert chain.streaming is False  # diffp needs the whole video at once
-    chain.attach("llm", "tok")
+    assert chain.kind == "cache" and chain.sits == "encoder"
+    chain.bind("llm", "tok")
     assert chain.prefill("llm", None, None, []) == "context"
     x, pixels = square_video(4)
     out = chain(x, pixels)
-    assert last.calls == [("attach", "llm", "tok"), ("prefill", "llm"), ("forward", [22])]  # 16 + 3 × 2
+    assert last.calls == [("bind", "llm", "tok"), ("prefill", "llm"), ("forward", [22])]  # 16 + 3 × 2
     assert out.num_tokens().tolist() == [22]
     assert "stages.1.beacon" in dict(chain.named_parameters())
 
     with pytest.raises(ValueError, match="only the last stage"):
         CompressorChain(D, [stage, DIFFP])
-    with pytest.raises(ValueError, match="stages is empty"):
+    with pytest.raises(ValueError, match=r"stages=\[\] \(chain\)"):
         CompressorChain(D, [])

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from vlc.backbone.encoder import VisionEncoder
 from vlc.backbone.llm import build_llm
-from vlc.evaluation.loop import autocast, eval_device, summarize_records
+from vlc.evaluation.efficiency import autocast
+from vlc.evaluation.records import summarize
 from vlc.run import evaluate
 
 from conftest import TINY_DATA
@@ -41,9 +42,9 @@ def _record(task, correct, ms):
                 prefill_ms=2 * ms, context_ms=3 * ms, peak_mem_mb=ms)
 
 
-def test_summarize_records():
+def test_summarize():
     records = [_record("a", True, 1.0), _record("a", False, 2.0), _record("a", True, 3.0), _record("b", False, 4.0)]
-    m = summarize_records(records, prefix="test")
+    m = summarize(records, prefix="test")
     assert m["test/acc"] == 0.5 and m["test/n"] == 4
     assert (m["test/acc_a"], m["test/n_a"], m["test/acc_b"], m["test/n_b"]) == (pytest.approx(2 / 3), 3, 0.0, 1)
     assert m["test/acc_task_mean"] == pytest.approx((2 / 3 + 0) / 2)
@@ -51,15 +52,10 @@ def test_summarize_records():
     assert m["test/encoder_ms_p90"] == pytest.approx(3.7)  # linear interpolation, as numpy
     assert m["test/prefill_ms_p90"] == pytest.approx(7.4) and m["test/peak_mem_mb_max"] == 4.0
     with pytest.raises(ValueError, match="no samples"):
-        summarize_records([])
+        summarize([])
 
 
-def test_device_and_precision():
-    assert eval_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available():
-        assert eval_device("auto") == torch.device("cpu")
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            eval_device("gpu")
+def test_measurement_precision():
     with pytest.raises(ValueError, match="trainer.precision"):
         autocast(torch.device("cpu"), "64-true")
 
@@ -105,7 +101,7 @@ def test_eval_llava_json_generates_open_ended_answers(cfg_factory, tmp_path):
 
 
 def test_normalize_answer():
-    from vlc.evaluation.loop import normalize_answer
+    from vlc.evaluation.records import normalize_answer
 
     assert normalize_answer("  The Red, square!") == normalize_answer("red square") == "red square"
 
@@ -113,7 +109,7 @@ def test_normalize_answer():
 def test_eval_changes_the_checkpoints_compressor_settings(cfg_factory, tmp_path):
     """ckpt_compressor: a vst checkpoint evaluated at another ratio keeps that many fewer/more beacons;
     an unknown key, a wrong type or an impossible ratio stops with the key named."""
-    from vlc.run import evaluate, set_compressor, train
+    from vlc.run import evaluate, train
 
     run = cfg_factory(["experiment=vst_ratio16", *TINY_DATA, "trainer.max_steps=1", "compressor.window=32",
                        "callbacks.progress_bar.refresh_rate=0"])
@@ -130,8 +126,11 @@ def test_eval_changes_the_checkpoints_compressor_settings(cfg_factory, tmp_path)
     from vlc.model.video_llm import VideoLLM
 
     model = VideoLLM.load_from_checkpoint(str(ckpt), map_location="cpu")
-    for bad, match in [({"ratoi": 4}, "no such plain setting"), ({"compress": 1}, "of that type"),
-                       ({"ratio": 4.5}, "of that type"),
-                       ({"ratio": 64}, r"ratio=64 \(vst\) is outside 1..window=32")]:
+    for bad, match in [({"ratoi": 4}, "compressor.ratoi: VisualSummarizationTokens takes no such setting"),
+                       ({"compress": 1}, "compressor.compress=1: a true/false setting"),
+                       ({"ratio": 4.5}, r"compressor.ratio=4.5 \(vst\): raw tokens per beacon at inference"),
+                       ({"ratio": 64}, r"compressor.ratio=64 \(vst\): raw tokens per beacon at inference, an integer "
+                                       r"in 1..window \(window=32\)")]:
         with pytest.raises(ValueError, match=match):
-            set_compressor(model.compressor, bad)
+            model.with_compressor(bad)
+    assert model.compressor.ratio == 16  # a refused change leaves the compressor as it was

@@ -129,8 +129,8 @@ def test_mvbench_letter_scoring_end_to_end(mvbench_root, tmp_path):
         assert key in on_disk, key
     # the letter prompt: options listed "(A) …", scored after "Best option:(" by the letters' likelihood
     model = load_eval_model(cfg)
-    assert model.prompt.candidate_texts(SHUFFLE[0]["candidates"]) == ["A", "B", "C"]
-    question = model.prompt.question_text("Q?", ["x", "y"])
+    assert model.pipeline.prompt.candidate_texts(SHUFFLE[0]["candidates"]) == ["A", "B", "C"]
+    question = model.pipeline.prompt.question_text("Q?", ["x", "y"])
     assert question.endswith("(A) x\n(B) y<|im_end|>\n<|im_start|>assistant\nBest option:(")
 
 

@@ -22,6 +22,7 @@ from vlc.data.synthetic import (
     sample_rng,
 )
 from vlc.data.video import read_video
+from vlc.evaluation.records import ground_fields
 from vlc.evaluation.grounding import TemporalGroundingIoU, parse_span, span_iou
 from vlc.run import build_model, train
 
@@ -213,23 +214,21 @@ def test_only_grounding_samples_are_generated_for(cfg_factory, monkeypatch):
         seen.append(sub)
         return ["0.25 - 0.75", "no idea"]
 
-    monkeypatch.setattr(model, "generate", fake_generate)
-    extra = model._ground_step(batch, "val")
+    monkeypatch.setattr(model.pipeline, "generate", fake_generate)
+    extra = ground_fields(model.pipeline, batch)
     assert len(seen) == 1 and seen[0]["ids"] == ["s1", "s3"] and seen[0]["pixels"].shape[0] == 2
     assert torch.equal(seen[0]["pixels"][1], batch["pixels"][3])
     assert extra == {
         1: dict(generated="0.25 - 0.75", pred_span=[0.25, 0.75], iou=1.0),
         3: dict(generated="no idea", pred_span=None, iou=0.0),
     }
-    out = {k: float(v) for k, v in model._grounding_metric("val").compute().items()}
-    assert out["miou"] == 0.5 and out["invalid"] == 0.5
 
     batch["tasks"] = ["needle"] * 4
-    assert model._ground_step(batch, "val") == {} and len(seen) == 1  # no ground sample: no generation
+    assert ground_fields(model.pipeline, batch) == {} and len(seen) == 1  # no ground sample: no generation
 
     batch["tasks"][0] = "ground"
     with pytest.raises(ValueError, match=r"sample 's0' has task 'ground' but meta\['span'\]=None"):
-        model._ground_step(batch, "val")
+        ground_fields(model.pipeline, batch)
 
 
 def test_short_ground_run_writes_grounding_metrics(cfg_factory):
@@ -255,8 +254,8 @@ def test_short_ground_run_writes_grounding_metrics(cfg_factory):
 
 
 def test_eval_summary_reports_span_metrics_from_records():
-    """eval.py's summary (vlc.evaluation.loop.summarize_records) gives the same keys as validation."""
-    from vlc.evaluation.loop import summarize_records
+    """Every evaluation's summary (vlc.evaluation.records.summarize) reports the span figures."""
+    from vlc.evaluation.records import summarize as summarize_records
 
     base = dict(task="ground", correct=True, visual_tokens=1, kv_tokens=1, kv_bytes=1, encoder_ms=1.0,
                 prefill_ms=1.0, context_ms=1.0, peak_mem_mb=1.0, base_mem_mb=1.0)

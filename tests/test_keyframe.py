@@ -10,7 +10,7 @@ from vlc.compressors.keyframe import KeyframeSelection
 from vlc.run import build_model
 from vlc.tokens import FrameTokens
 
-from conftest import fake_batch
+from conftest import fake_batch, record_column
 
 D, N = 8, 4
 e = torch.eye(D)
@@ -95,4 +95,4 @@ def test_model_end_to_end(cfg_factory):
     loss.backward()
     assert torch.isfinite(loss)
     with torch.no_grad():
-        assert m.eval().evaluate_batch(b)["visual_tokens"].tolist() == [2 * 16, 2 * 16]
+        assert record_column(m.eval(), b, "visual_tokens") == [2 * 16, 2 * 16]

@@ -143,23 +143,23 @@ def test_context_from_lazy_frames_equals_decoded(cfg_factory, video, compressor,
     real = clip.decode
     monkeypatch.setattr(clip, "decode", lambda t0, t1: asked.append((t0, t1)) or real(t0, t1))
     with torch.no_grad():
-        a = model.encode_context(eager)
-        b = model.encode_context(lazy)
+        a = model.pipeline.encode_context(eager)
+        b = model.pipeline.encode_context(lazy)
     assert asked == ([(0, 10), (10, 20), (20, 24)] if compressor == "vst" else [(0, 24)])
     assert torch.equal(a.attention_mask, b.attention_mask) and torch.equal(a.visual_tokens, b.visual_tokens)
     layers = list(zip(iter_cache_layers(a.cache), iter_cache_layers(b.cache)))
     assert len(layers) == 2  # model=tiny's two decoder layers
     for (ka, va), (kb, vb) in layers:
         assert torch.equal(ka, kb) and torch.equal(va, vb)
-    scores_a = model.score_candidates(a, eager["questions"], eager["candidates"])
-    scores_b = model.score_candidates(b, lazy["questions"], lazy["candidates"])
+    scores_a = model.pipeline.score_candidates(a, eager["questions"], eager["candidates"])
+    scores_b = model.pipeline.score_candidates(b, lazy["questions"], lazy["candidates"])
     assert torch.equal(scores_a, scores_b)
 
 
 def test_bench_decodes_lazily_by_default(tmp_path):
     from vlc.evaluation.bench import main
 
-    common = ["--compressors", "vst:window=32", "--frames", "8", "--no-warmup", "--cache", str(tmp_path / "v")]
+    common = ["compressor=vst", "compressor.window=32", "--frames", "8", "--no-warmup", "--cache", str(tmp_path / "v")]
     lazy = main(common + ["--out", str(tmp_path / "lazy")])
     eager = main(common + ["--decode", "eager", "--out", str(tmp_path / "eager")])
     for rows in (lazy, eager):

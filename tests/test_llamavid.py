@@ -11,7 +11,7 @@ from vlc.compressors.llamavid import LLaMAVIDTokens
 from vlc.run import build_model
 from vlc.tokens import FrameTokens, iter_cache_layers
 
-from conftest import fake_batch
+from conftest import fake_batch, record_column
 
 DIM, QDIM, N = 16, 12, 9
 
@@ -40,7 +40,7 @@ def test_two_tokens_per_frame_context_then_content():
     assert out.tokens.shape == (2, 5, 2, DIM) and out.grid is None
     assert torch.equal(out.times, x.times)
     assert out.num_tokens().tolist() == [10, 6]  # 2 per real frame
-    assert LLaMAVIDTokens.uses_question is True
+    assert LLaMAVIDTokens.reads_question is True
     # Content token: the mean of the frame's patches (on real frames; padding is masked out).
     torch.testing.assert_close(out.tokens[0, :, 1], x.tokens[0].mean(1))
     torch.testing.assert_close(out.tokens[1, :3, 1], x.tokens[1, :3].mean(1))
@@ -95,16 +95,16 @@ def test_lazy_question_projection_loads_from_a_state_dict():
 def test_model_end_to_end(cfg_factory):
     torch.manual_seed(0)
     m = build_model(cfg_factory(["~data", "compressor=llamavid"]))
-    assert m.compressor.question_proj.in_features == m.llm.config.hidden_size == 128  # the model passes its LLM width
+    assert m.compressor.question_proj.in_features == m.backbone.llm.config.hidden_size == 128  # the model passes its LLM width
     b = fake_batch(B=2, T=6)
     loss = m(b)
     loss.backward()
     assert torch.isfinite(loss) and m.compressor.queries.grad.abs().sum() > 0
     m.eval()
     with torch.no_grad():
-        assert m.evaluate_batch(b)["visual_tokens"].tolist() == [12, 12]  # 6 frames × 2
+        assert record_column(m, b, "visual_tokens") == [12, 12]  # 6 frames × 2
         # The context (KV cache of prefix + visual) depends on the question.
         other = {**b, "questions": ["How many times does the circle move?"] * 2}
-        k1 = next(iter_cache_layers(m.encode_context(b).cache))[0]
-        k2 = next(iter_cache_layers(m.encode_context(other).cache))[0]
+        k1 = next(iter_cache_layers(m.pipeline.encode_context(b).cache))[0]
+        k2 = next(iter_cache_layers(m.pipeline.encode_context(other).cache))[0]
     assert k1.shape == k2.shape and (k1 - k2).abs().max() > 1e-5

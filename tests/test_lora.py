@@ -59,20 +59,20 @@ def test_lora_keeps_the_hf_model_and_starts_as_the_base_model(cfg_factory):
 
 def test_vst_runs_its_layer_loop_through_the_lora_layers(cfg_factory):
     m = _model(cfg_factory, *VST, "model.lora.enabled=true").eval()
-    attn = m.llm.model.layers[0].self_attn
+    attn = m.backbone.llm.model.layers[0].self_attn
     assert torch.equal(m.compressor.beacon_q[0].weight, attn.q_proj.base_layer.weight)  # beacons copy the base
     with torch.no_grad():
-        for name, p in m.llm.named_parameters():
+        for name, p in m.backbone.llm.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0, 0.05)
     batch = fake_batch()
     with torch.no_grad():
         adapted = m(batch)
-        for module in m.llm.modules():  # fold B·A·alpha/r into the base weights: no adapter path left
+        for module in m.backbone.llm.modules():  # fold B·A·alpha/r into the base weights: no adapter path left
             if hasattr(module, "merge") and hasattr(module, "lora_A"):
                 module.merge()
         merged = m(batch)
-        for module in m.llm.modules():
+        for module in m.backbone.llm.modules():
             if hasattr(module, "unmerge") and hasattr(module, "lora_A"):
                 module.unmerge()
         assert attn.q_proj.get_delta_weight("default").abs().sum() > 0  # the adapters do change q
@@ -95,7 +95,7 @@ def test_freezing_the_llm_under_lora_is_rejected(cfg_factory):
 def test_lora_checkpoint_loads_back_without_hydra(cfg_factory, tmp_path):
     m = _model(cfg_factory, *VST, "model.lora.enabled=true").eval()
     with torch.no_grad():
-        for name, p in m.llm.named_parameters():
+        for name, p in m.backbone.llm.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0, 0.05)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -110,7 +110,7 @@ def test_lora_checkpoint_loads_back_without_hydra(cfg_factory, tmp_path):
 
 def test_adapters_train_in_float32_on_a_bf16_llm(cfg_factory):
     m = _model(cfg_factory, "model.lora.enabled=true", "model.llm.dtype=bfloat16")
-    q = m.llm.model.layers[0].self_attn.q_proj
+    q = m.backbone.llm.model.layers[0].self_attn.q_proj
     assert q.base_layer.weight.dtype == torch.bfloat16 and q.lora_A["default"].weight.dtype == torch.float32
-    x = torch.randn(1, 3, m.llm.config.hidden_size, dtype=torch.bfloat16)
+    x = torch.randn(1, 3, m.backbone.llm.config.hidden_size, dtype=torch.bfloat16)
     assert q(x).dtype == torch.bfloat16  # peft casts in and out: the model's dataflow stays bf16

@@ -97,14 +97,14 @@ def _groups(cfg_factory, *overrides):
 
 def test_videoxl_stage_experiments_train_what_the_paper_trains(cfg_factory):
     m, groups = _groups(cfg_factory, "experiment=videoxl_stage1")
-    assert groups == {"projector": (5e-4, sum(p.numel() for p in m.projector.parameters()))}
+    assert groups == {"projector": (5e-4, sum(p.numel() for p in m.backbone.projector.parameters()))}
     cfg = cfg_factory(["experiment=videoxl_stage1"])
     assert (cfg.data.num_frames, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (4, 8, 4)
     assert cfg.model.encoder.name == "vit_large_patch14_clip_336.openai" and cfg.optim.warmup_ratio == 0.03
 
     m, groups = _groups(cfg_factory, "experiment=videoxl_stage2", "compressor.window=160")
     assert set(groups) == {"projector", "compressor", "llm"} and {lr for lr, _ in groups.values()} == {1e-5}
-    assert groups["llm"][1] == sum(p.numel() for p in m.llm.parameters())
+    assert groups["llm"][1] == sum(p.numel() for p in m.backbone.llm.parameters())
     cfg = cfg_factory(["experiment=videoxl_stage2"])
     assert (cfg.compressor.window, cfg.data.num_frames, cfg.model.freeze.encoder) == (1440, 128, True)
 

@@ -14,7 +14,7 @@ from vlc.compressors.qformer import QFormer
 from vlc.run import build_model
 from vlc.tokens import FrameTokens
 
-from conftest import fake_batch
+from conftest import fake_batch, record_column
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "compressor"
 DIM = 16
@@ -137,7 +137,7 @@ def build_qa(**override) -> QFormer:
 @pytest.mark.parametrize("mode", ["global", "sliding"])
 def test_question_aware_output_follows_the_question(mode):
     qf = build_qa(mode=mode, window=4, stride=4)
-    assert qf.uses_question is True
+    assert qf.reads_question is True
     x = frames(1, 8)
     with torch.no_grad():
         a, b = qf(x, question=question(seed=1)), qf(x, question=question(seed=2))
@@ -147,7 +147,7 @@ def test_question_aware_output_follows_the_question(mode):
 
 def test_default_qformer_never_reads_a_question():
     qf = build()
-    assert qf.uses_question is False and not hasattr(qf, "question_proj")
+    assert qf.reads_question is False and not hasattr(qf, "question_proj")
     x = frames(1, 8)
     with torch.no_grad():
         plain = qf(x)
@@ -194,11 +194,11 @@ def test_question_aware_errors_and_lazy_width():
 def test_question_aware_model_end_to_end(cfg_factory):
     torch.manual_seed(0)
     m = build_model(cfg_factory(["~data", "compressor=qformer_qa"]))
-    assert m.compressor.uses_question is True
-    assert m.compressor.question_proj.in_features == m.llm.config.hidden_size  # the model passes its LLM width
+    assert m.compressor.reads_question is True
+    assert m.compressor.question_proj.in_features == m.backbone.llm.config.hidden_size  # the model passes its LLM width
     b = fake_batch(B=2, T=6)
     loss = m(b)
     loss.backward()
     assert torch.isfinite(loss) and m.compressor.question_proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        assert m.eval().evaluate_batch(b)["visual_tokens"].tolist() == [32, 32]
+        assert record_column(m.eval(), b, "visual_tokens") == [32, 32]

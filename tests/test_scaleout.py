@@ -162,9 +162,9 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(cfg_factory, compressor
 
 def test_checkpointing_is_switched_on_in_the_llm_and_the_encoder(cfg_factory):
     m = build_model(cfg_factory(["~data", "model.gradient_checkpointing=true"]))
-    layers = m.llm.model.layers
+    layers = m.backbone.llm.model.layers
     assert all(layer.gradient_checkpointing is True for layer in layers)
-    assert m.encoder.model.grad_checkpointing is True
+    assert m.backbone.encoder.model.grad_checkpointing is True
 
 
 def test_bf16_mixed_cpu_training_steps_run_with_vst_and_checkpointing(tmp_path):

@@ -31,7 +31,7 @@ SMALL = dict(
 CONFIGS = {"qwen2": Qwen2Config, "llama": LlamaConfig, "mistral": MistralConfig}
 
 
-class Tokenizer:  # attach() only reads eos_token_id
+class Tokenizer:  # bind() only reads eos_token_id
     eos_token_id = EOS
 
 
@@ -49,7 +49,7 @@ def tiny_llm(kind: str = "qwen2"):
 def make_vst(llm, **kw) -> VisualSummarizationTokens:
     kw.setdefault("ratios", (2, 4))
     vst = VisualSummarizationTokens(**kw).eval()
-    vst.attach(llm, Tokenizer())
+    vst.bind(llm, Tokenizer())
     return vst
 
 
@@ -363,7 +363,7 @@ def test_bad_config_names_the_key():
     with pytest.raises(ValueError, match="ratios"):
         VisualSummarizationTokens(window=8, ratio=4, ratios=(2, 16))
     llm = tiny_llm()
-    with pytest.raises(RuntimeError, match="attach"):
+    with pytest.raises(RuntimeError, match=r"call bind\(llm, tokenizer\) first"):
         vst = VisualSummarizationTokens(window=8, ratio=4, ratios=(4,))
         vst.prefill(llm, torch.randn(1, 2, D), torch.ones(1, 2), [])
 
@@ -394,7 +394,7 @@ def test_compression_start_recopies_beacons_from_the_trained_llm_in_place():
         for p in llm.parameters():
             p.add_(0.01 * torch.randn_like(p))
     assert not torch.equal(vst.beacon_q[0].weight, llm.model.layers[0].self_attn.q_proj.weight)
-    vst.on_compression_start(llm)  # no tokenizer: the eos id attach() used
+    vst.on_compression_start(llm, Tokenizer())
     for layer, bq, bk, bv in zip(llm.model.layers, vst.beacon_q, vst.beacon_k, vst.beacon_v):
         for base, copy in ((layer.self_attn.q_proj, bq), (layer.self_attn.k_proj, bk), (layer.self_attn.v_proj, bv)):
             assert torch.equal(base.weight, copy.weight) and torch.equal(base.bias, copy.bias)

@@ -11,37 +11,36 @@ an override of a key that does not exist (``compressor.foo=1``) with "Key 'foo' 
 What is checked here:
 
 - every ``???`` value still unset (e.g. ``data.train_file`` for ``data=mc_json``);
-- keys added with ``+`` that the target (``data``, ``compressor`` and each chain stage) does not take;
-- the compressor's settings, per method: the ranges and choices its constructor enforces
-  (``vst``: 1 ≤ ratio ≤ window and ratios non-empty; ``pool``: stride ≥ 1; ``qformer``: heads
-  divides the encoder width, 1 ≤ stride ≤ window when sliding; ``moviechat``: 1 ≤ merge_to ≤
-  short_len, merge_to ≤ long_len ≤ num_base_pos²; …) and, where the model config fixes the patch
-  grid, that a spatial kernel fits it;
-- the order of ``chain`` stages (a stage that needs a patch grid after one that removes it; diffp,
-  which reads pixels, after a stage that merges or drops frames; an in-LLM stage before the last);
-- the data settings (one of num_frames / fps, on_error, backend, max_skip_fraction, the synthetic
-  generator's parameters) and ``ckpt_path``.
+- the compressor, by building it on the meta device: its constructor checks its own settings
+  (a chain, its stages' order), ``build_compressor`` refuses unknown settings and untrusted
+  targets; only the spatial kernel against the model's patch grid is a rule of its own here;
+- keys added with ``+`` that the data module does not take, and the data settings (one of
+  num_frames / fps, on_error, backend, max_skip_fraction, frame_size, the synthetic generator's
+  parameters);
+- the run: ``seed``, ``trainer.max_steps`` / ``val_check_interval`` / ``precision``, a GPU
+  accelerator on a machine without CUDA, the ``optim`` values, and ``ckpt_path``.
 
 The frame count needs no check: no compressor requires T to be divisible by anything. stc/stp
 round an odd T up by repeating the last real frame, qformer's sliding windows past the end (or a
 T shorter than one window) are masked, moviechat merges whatever its buffer holds at the end, and
 vst's last window holds the remainder (tests/test_robustness_config.py runs each at odd and tiny T).
-
-The compressors' own ``__init__`` checks stay the last line of defence for Python callers; a test
-holds the two to the same verdict.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vlc.compressors.base import is_int as _is_int
+from vlc.compressors.base import is_number as _is_number
+from vlc.compressors.base import show as _show
 
 
 class ConfigError(ValueError):
@@ -83,10 +82,16 @@ def check_config(cfg: DictConfig) -> None:
         problems += _check_data(data)
     compressor = _plain(cfg.get("compressor"))
     if isinstance(compressor, Mapping) and compressor:
-        problems += _check_compressor(compressor, "compressor", _backbone_facts(cfg), _choice("compressor"))
+        problems += _check_compressor(compressor, _backbone_facts(cfg))
     ckpt = cfg.get("ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None
-    if ckpt not in (None, "last") and not Path(str(ckpt)).expanduser().is_file():
-        problems.append(f"ckpt_path={ckpt}: no checkpoint file there (give a .ckpt path, 'last' to resume, or null)")
+    resumable = cfg.get("task_name") != "eval"  # "last" resumes a training run; eval needs a file
+    if ckpt == "last" and not resumable:
+        problems.append("ckpt_path=last: eval.py evaluates a checkpoint file; give its path "
+                        "(e.g. logs/train/runs/<run>/checkpoints/last.ckpt), or null for the config's model")
+    elif ckpt not in (None, "last") and not Path(str(ckpt)).expanduser().is_file():
+        problems.append(f"ckpt_path={ckpt}: no checkpoint file there (give a .ckpt path"
+                        + (", 'last' to resume" if resumable else "") + ", or null)")
+    problems += _check_run(cfg)
     if problems:
         raise ConfigError(problems)
 
@@ -115,36 +120,6 @@ def _missing_keys(cfg: DictConfig) -> set[str]:
         return set()
 
 
-def _choice(group: str) -> str | None:
-    """The group's choice on the command line (``compressor=vst`` → "vst"), when Hydra ran."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get(group)
-    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
-        return None
-
-
-def _locate(target: str) -> Any:
-    """The object a dotted ``_target_`` names (as Hydra resolves it, without Hydra's error logging)."""
-    parts = str(target).split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:cut])
-        try:
-            obj = importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name and module.startswith(error.name):
-                continue  # this prefix is not a module: try a shorter one
-            raise  # the module exists but a dependency of it is missing: say so as it is
-        rest = parts[cut:]
-        for name in rest:
-            if not hasattr(obj, name):
-                raise ImportError(f"module {module} has no {'.'.join(rest)!r}")
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(f"no module named {parts[0]!r}")
-
-
 def _unknown_keys(node: Mapping, target: Any, where: str, supplied: tuple[str, ...] = ()) -> list[str]:
     from torch import nn
 
@@ -166,9 +141,13 @@ def _unknown_keys(node: Mapping, target: Any, where: str, supplied: tuple[str, .
 
 
 def _backbone_facts(cfg: DictConfig) -> dict[str, int]:
-    """Encoder width and patch grid side, where the model config fixes them (model=tiny does)."""
+    """Encoder and LLM widths and the patch grid side, where the model config fixes them (model=tiny does)."""
     encoder = _plain(cfg.get("model", {}).get("encoder")) if cfg.get("model") else None
+    llm = _plain(cfg.get("model", {}).get("llm")) if cfg.get("model") else None
     facts: dict[str, int] = {}
+    width = ((llm or {}).get("config") or {}).get("hidden_size") if isinstance(llm, Mapping) else None
+    if isinstance(width, int) and not (llm or {}).get("name_or_path"):
+        facts["llm_dim"] = width
     if not isinstance(encoder, Mapping):
         return facts
     kwargs = encoder.get("model_kwargs") or {}
@@ -180,23 +159,6 @@ def _backbone_facts(cfg: DictConfig) -> dict[str, int]:
     return facts
 
 
-def _show(value: Any) -> str:
-    """A value as it is written on the command line (null, true, 'text', 3)."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return repr(value)
-
-
-def _is_int(value: Any, low: int | None = None, high: int | None = None) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return False
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # ---- data --------------------------------------------------------------------------------------
 
 
@@ -205,7 +167,7 @@ def _check_data(data: Mapping) -> list[str]:
     target = data.get("_target_")
     if target:
         try:
-            problems += _unknown_keys(data, _locate(target), "data")
+            problems += _unknown_keys(data, hydra.utils.get_object(target), "data")
         except Exception as error:  # noqa: BLE001
             return [f"data._target_={target} cannot be imported ({type(error).__name__}: {_first_line(error)})"]
     from vlc.data.datamodule import SOURCES
@@ -224,6 +186,11 @@ def _check_data(data: Mapping) -> list[str]:
             problems.append(f"data.num_frames={_show(num_frames)}: frames per video, an integer >= 1")
         elif fps is not None and not (_is_number(fps) and fps > 0):
             problems.append(f"data.fps={_show(fps)}: a rate in frames per second, > 0")
+    size = data.get("frame_size")
+    if size is not None and not (_is_int(size, 1) or (isinstance(size, (list, tuple)) and len(size) == 2
+                                                       and all(_is_int(x, 1) for x in size))):
+        problems.append(f"data.frame_size={_show(size)}: the side frames are resized to (an integer >= 1), "
+                        f"[H, W], or null to keep the video's size")
     if data.get("max_frames") is not None and not _is_int(data["max_frames"], 1):
         problems.append(f"data.max_frames={_show(data['max_frames'])}: a cap >= 1 on fps sampling, or null")
     if "on_error" in data and data["on_error"] not in ("raise", "skip"):
@@ -253,229 +220,99 @@ def _check_data(data: Mapping) -> list[str]:
     return problems
 
 
+# ---- the run: trainer, optimiser, seed -------------------------------------------------------
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "bf16", "16")
+
+
+def _check_run(cfg: DictConfig) -> list[str]:
+    """The keys outside data and compressor that a user sets on the command line."""
+    problems = []
+    seed = cfg.get("seed")
+    if not _is_int(seed):
+        problems.append(f"seed={_show(seed)}: an integer (the training seed)")
+    trainer = _plain(cfg.get("trainer")) or {}
+    if isinstance(trainer, Mapping):
+        steps = trainer.get("max_steps", -1)
+        if not (_is_int(steps, 1) or steps == -1):
+            problems.append(f"trainer.max_steps={_show(steps)}: optimizer steps to train, an integer >= 1 "
+                            f"(or -1: train by trainer.max_epochs)")
+        interval = trainer.get("val_check_interval")
+        if interval is not None and not (_is_int(interval, 1) or (isinstance(interval, float) and 0 < interval <= 1)):
+            problems.append(f"trainer.val_check_interval={_show(interval)}: validate every this many training steps "
+                            f"(an integer >= 1), or a fraction of an epoch in (0, 1]")
+        precision = trainer.get("precision")
+        if precision is not None and str(precision) not in PRECISIONS:
+            problems.append(f"trainer.precision={_show(precision)}: choose one of {', '.join(PRECISIONS[:6])}")
+        accelerator = trainer.get("accelerator")
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(f"trainer.accelerator={accelerator} but CUDA is not available on this machine; "
+                                f"use trainer=cpu")
+    optim = _plain(cfg.get("optim")) or {}
+    if isinstance(optim, Mapping):
+        rules = (
+            ("lr", lambda v: _is_number(v) and v > 0, "the learning rate, a number > 0 (e.g. 1.0e-3)"),
+            ("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+            ("warmup_steps", lambda v: v is None or _is_int(v, 0), "linear warm-up steps, an integer >= 0"),
+            ("warmup_ratio", lambda v: v is None or (_is_number(v) and 0 <= v < 1),
+             "a fraction of all steps in [0, 1), or null"),
+            ("min_lr_ratio", lambda v: _is_number(v) and 0 <= v <= 1, "the final lr / lr, in [0, 1]"),
+            ("compression_warmup_steps", lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+            ("betas", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+             and all(_is_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.98]"),
+        )
+        for key, ok, what in rules:
+            if key in optim and not ok(optim[key]):
+                problems.append(f"optim.{key}={_show(optim[key])}: {what}")
+    return problems
+
+
 # ---- compressors -------------------------------------------------------------------------------
 
-# What the model supplies to a compressor's constructor (see vlc.compressors.build_compressor).
-SUPPLIED = ("dim", "pixel_std", "question_dim")
+# A width every head count up to 16 divides, for checks where the model config does not fix the
+# encoder width (a hub model): dimension rules then cannot misfire, and the meta device allocates nothing.
+ANY_WIDTH = 720720
 
 
-def _check_compressor(node: Mapping, where: str, facts: dict[str, int], choice: str | None) -> list[str]:
+def _check_compressor(node: Mapping, facts: dict[str, int]) -> list[str]:
+    """Build the compressor on the meta device: its constructor checks its own settings (and a
+    chain its stages' order), so what is checked here is exactly what would fail later. Unknown
+    settings and untrusted targets are refused by ``build_compressor`` the same way."""
+    import torch
+
+    from vlc.compressors.base import UntrustedTargetError, build_compressor, compressor_class
+
     target = node.get("_target_")
     if not target:
-        return [f"{where} has no _target_ (the compressor class to build)"]
+        return ["compressor has no _target_ (the compressor class to build)"]
     try:
-        cls = _locate(target)
-    except Exception as error:  # noqa: BLE001
-        return [f"{where}._target_={target} cannot be imported ({type(error).__name__}: {_first_line(error)}); "
-                f"the compressor group's choices are {', '.join(_group_options('compressor'))}"]
-    problems = _unknown_keys(node, cls, where, supplied=SUPPLIED)
-    if problems:
-        return problems
-    rule = RULES.get(f"{cls.__module__}.{cls.__qualname__}")
-    if rule is None:
-        return []
-    values = {**_defaults(cls), **{k: v for k, v in node.items() if not str(k).startswith("_")}}
-    label = choice or cls.__name__
-    return [f"{where}.{msg}" if not msg.startswith(where) else msg for msg in rule(values, where, label, facts)]
-
-
-def _defaults(cls: Any) -> dict[str, Any]:
-    params = inspect.signature(cls).parameters.items()
-    return {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
+        cls = compressor_class(target)
+    except UntrustedTargetError as error:
+        return [f"compressor._target_={target}: {error}; the compressor group's choices are "
+                f"{', '.join(_group_options('compressor'))}"]
+    width = facts.get("llm_dim" if cls.sits == "projected" else "dim", ANY_WIDTH)
+    try:
+        with torch.device("meta"):
+            build_compressor(dict(node), dim=width, out_dim=facts.get("llm_dim", ANY_WIDTH), pixel_std=(0.5,) * 3,
+                             question_dim=facts.get("llm_dim", ANY_WIDTH))
+    except (ValueError, TypeError) as error:
+        return [str(error)]
+    problems = []
+    # The one rule that needs the model's patch grid, which a compressor never sees when it is built.
+    for stage in [node, *(node.get("stages") or [])]:
+        kernel, padding = stage.get("kernel"), stage.get("padding")
+        if "grid" in facts and isinstance(kernel, (list, tuple)) and len(kernel) == 3 and isinstance(padding, int):
+            if facts["grid"] + 2 * padding < max(kernel[1:]):
+                needed = math.ceil((max(kernel[1:]) - facts["grid"]) / 2)
+                problems.append(f"compressor.kernel={list(kernel)}: the {facts['grid']}x{facts['grid']} patch grid "
+                                f"(+{padding} padding) is smaller than the spatial kernel; use padding >= {needed}")
+    return problems
 
 
 def _group_options(group: str) -> list[str]:
     from vlc.run import CONFIG_DIR
 
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-
-
-def _vst(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    from vlc.compressors.vst import ATTENTION
-
-    window, ratio, ratios = v["window"], v["ratio"], list(v["ratios"] or [])
-    if not _is_int(window, 1):
-        return [f"window={_show(window)} ({label}): raw visual tokens per window, an integer >= 1 "
-                f"(Video-XL: 1440 = 10 frames x 144 tokens)"]
-    out = []
-    if not _is_int(ratio, 1, window):
-        out.append(f"ratio={_show(ratio)} ({label}): raw tokens per beacon at inference, an integer in 1..window "
-                   f"(window={window}); Video-XL uses 16, and a ratio above the window would leave a window "
-                   f"without a beacon")
-    if not ratios:
-        out.append(f"ratios=[] ({label}): give at least one training ratio, each in 1..window, e.g. [2, 4, 8, 12, 16]")
-    bad = [r for r in ratios if not _is_int(r, 1, window)]
-    if bad:
-        out.append(f"ratios={ratios} ({label}): {bad} outside 1..window (window={window}); lower them or raise window")
-    if v["attention"] not in ATTENTION:
-        out.append(f"attention={_show(v['attention'])} ({label}): choose one of {', '.join(ATTENTION)}")
-    return out
-
-
-def _pool(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    out = []
-    if not _is_int(v["stride"], 1):
-        out.append(f"stride={_show(v['stride'])} ({label}): pooling factor per grid side, an integer >= 1 "
-                   f"(1 = no pooling, 2 = LLaVA-NeXT-Video's 2x2)")
-    if v["mode"] not in ("avg", "bilinear"):
-        out.append(f"mode={_show(v['mode'])} ({label}): choose avg or bilinear")
-    return out
-
-
-def _qformer(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    from vlc.compressors.qformer import SOURCE_MAX_FRAMES
-
-    mode, out = v["mode"], []
-    if mode not in SOURCE_MAX_FRAMES:
-        return [f"mode={_show(mode)} ({label}): choose one of {', '.join(sorted(SOURCE_MAX_FRAMES))}"]
-    for key in ("num_queries", "depth", "num_slots"):
-        if not _is_int(v[key], 1):
-            out.append(f"{key}={_show(v[key])} ({label}): an integer >= 1")
-    if v.get("max_frames") is not None and not _is_int(v["max_frames"], 1):
-        out.append(f"max_frames={_show(v['max_frames'])} ({label}): frame-position rows, an integer >= 1 or null")
-    if mode != "slots":
-        if not _is_int(v["heads"], 1):
-            out.append(f"heads={_show(v['heads'])} ({label}): attention heads, an integer >= 1")
-        elif "dim" in facts and facts["dim"] % v["heads"]:
-            divisors = [h for h in range(1, facts["dim"] + 1) if facts["dim"] % h == 0 and h <= 64]
-            out.append(f"heads={v['heads']} ({label}): must divide the encoder width {facts['dim']}; "
-                       f"e.g. {', '.join(map(str, divisors[-4:]))}")
-    if mode == "sliding":
-        window, stride = v["window"], v["stride"]
-        if not _is_int(window, 1):
-            out.append(f"window={_show(window)} ({label}, sliding): frames per window, an integer >= 1 (TimeChat: 32)")
-        elif not _is_int(stride, 1, window):
-            out.append(f"stride={_show(stride)} ({label}, sliding): frames between window starts, in 1..window "
-                       f"(window={window}), so that every frame is read (TimeChat: 32)")
-    if v.get("question_aware") and mode == "slots":
-        out.append(f"question_aware=true ({label}): needs mode global or sliding (slots have no self-attention)")
-    return out
-
-
-def _moviechat(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    short, merge, long_, base = v["short_len"], v["merge_to"], v["long_len"], v["num_base_pos"]
-    if not all(_is_int(x, 1) for x in (short, merge, long_, base)):
-        return [f"short_len={_show(short)}, merge_to={_show(merge)}, long_len={_show(long_)}, "
-                f"num_base_pos={_show(base)} ({label}): integers >= 1"]
-    out = []
-    if merge > short:
-        out.append(f"merge_to={merge} ({label}): a full short-term buffer of short_len={short} frames is merged "
-                   f"down to merge_to, so 1 <= merge_to <= short_len (MovieChat: short_len 18, merge_to 2)")
-    if not merge <= long_ <= base**2:
-        out.append(f"long_len={long_} ({label}): must be in merge_to..num_base_pos² ({merge}..{base**2}), "
-                   f"so that every memory frame has a position")
-    if not (_is_number(v["alpha"]) and 0 <= v["alpha"] < 1):
-        out.append(f"alpha={_show(v['alpha'])} ({label}): the position expansion weight, in [0, 1) (MovieChat: 0.01)")
-    if v["mode"] not in ("global", "breakpoint"):
-        out.append(f"mode={_show(v['mode'])} ({label}): choose global or breakpoint")
-    elif v["mode"] == "breakpoint" and v.get("breakpoint_time") is None:
-        out.append(f"mode=breakpoint ({label}): needs breakpoint_time (seconds)")
-    return out
-
-
-def _diffp(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    out = []
-    if not _is_int(v["min_tokens"], 1):
-        out.append(f"min_tokens={_show(v['min_tokens'])} ({label}): tokens every frame keeps, an integer >= 1")
-    if v["fallback"] not in ("most_changed", "first"):
-        out.append(f"fallback={_show(v['fallback'])} ({label}): choose most_changed or first")
-    if v.get("pixel_std") is not None and len(v["pixel_std"]) != 3:
-        out.append(f"pixel_std={_show(v['pixel_std'])} ({label}): one value per RGB channel, or null for the encoder's")
-    if not _is_number(v["threshold"]):
-        out.append(f"threshold={_show(v['threshold'])} ({label}): a mean absolute pixel change (VideoLLaMA3: 0.1)")
-    return out
-
-
-def _stc(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    kernel = list(v["kernel"] or [])
-    if len(kernel) != 3 or not all(_is_int(k, 1) for k in kernel):
-        return [f"kernel={kernel} ({label}): three positive integers (t, h, w), VideoLLaMA2: [2, 2, 2]"]
-    out = []
-    if v["downsample"] not in ("conv", "pool"):
-        out.append(f"downsample={_show(v['downsample'])} ({label}): choose conv (stc) or pool (stp)")
-    padding = v["padding"]
-    if not _is_int(padding, 0) or (v["downsample"] == "pool" and 2 * padding > min(kernel)):
-        out.append(f"padding={_show(padding)} ({label}): an integer >= 0, at most half the kernel with downsample=pool")
-    elif "grid" in facts and facts["grid"] + 2 * padding < max(kernel[1:]):
-        needed = math.ceil((max(kernel[1:]) - facts["grid"]) / 2)
-        out.append(f"kernel={kernel} ({label}): the {facts['grid']}x{facts['grid']} patch grid (+{padding} padding) "
-                   f"is smaller than the spatial kernel; use padding >= {needed}")
-    for key, low in (("mlp_depth", 1), ("depth", 0)):
-        if not _is_int(v[key], low):
-            out.append(f"{key}={_show(v[key])} ({label}): an integer >= {low}")
-    return out
-
-
-def _keyframe(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    out = []
-    if not (_is_number(v["threshold"]) and -1 <= v["threshold"] <= 1):
-        out.append(f"threshold={_show(v['threshold'])} ({label}): a cosine similarity in [-1, 1] "
-                   f"(ShareGPT4Video: 0.93)")
-    if v.get("max_frames") is not None and not _is_int(v["max_frames"], 1):
-        out.append(f"max_frames={_show(v['max_frames'])} ({label}): an integer >= 1 or null")
-    return out
-
-
-def _budget(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    out = []
-    if not _is_int(v["max_tokens"], 1):
-        out.append(f"max_tokens={_show(v['max_tokens'])} ({label}): visual tokens per video, an integer >= 1")
-    if v.get("max_stride") is not None and not _is_int(v["max_stride"], 1):
-        out.append(f"max_stride={_show(v['max_stride'])} ({label}): an integer >= 1 or null")
-    return out
-
-
-def _llamavid(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    return [] if _is_int(v["num_queries"], 1) else [f"num_queries={_show(v['num_queries'])} ({label}): an integer >= 1"]
-
-
-# Stages that return tokens off the patch grid (FrameTokens.grid None), that need the grid, and
-# that may merge or drop frames (after which the pixels no longer match, so diffp cannot follow).
-GRIDLESS = {"QFormer", "LLaMAVIDTokens"}
-NEEDS_GRID = {"SpatialPool", "DifferentialFramePruning", "TokenBudget", "STCConnector"}
-CHANGES_FRAMES = {"MovieChatMemory", "STCConnector", "QFormer", "KeyframeSelection", "TokenBudget"}
-
-
-def _chain(v: dict, where: str, label: str, facts: dict) -> list[str]:
-    stages = list(v.get("stages") or [])
-    if not stages:
-        return [f"stages=[] ({label}): list at least one compressor config, e.g. diffp then pool"]
-    out, names = [], []
-    for i, stage in enumerate(stages):
-        at = f"{where}.stages[{i}]"
-        if not isinstance(stage, Mapping):
-            out.append(f"{at}={_show(stage)}: a compressor config with a _target_")
-            names.append(None)
-            continue
-        out += _check_compressor(stage, at, facts, None)
-        try:
-            names.append(_locate(stage["_target_"]).__name__)
-        except Exception:  # noqa: BLE001 - reported by _check_compressor
-            names.append(None)
-    for i, name in enumerate(names):
-        earlier = [n for n in names[:i] if n]
-        if name in NEEDS_GRID and any(n in GRIDLESS for n in earlier):
-            first = next(n for n in earlier if n in GRIDLESS)
-            out.append(f"{where}.stages[{i}] ({name}) needs tokens on a patch grid, but an earlier stage ({first}) "
-                       f"returns none; put {name} before it")
-        if name == "DifferentialFramePruning" and any(n in CHANGES_FRAMES for n in earlier):
-            first = next(n for n in earlier if n in CHANGES_FRAMES)
-            out.append(f"{where}.stages[{i}] (diffp) compares pixels of consecutive frames, so it must come before "
-                       f"any stage that merges or drops frames ({first})")
-        if name == "VisualSummarizationTokens" and i < len(names) - 1:
-            out.append(f"{where}.stages[{i}] (vst) compresses inside the LLM, so only the last stage may be vst")
-    return out
-
-
-RULES: dict[str, Callable[[dict, str, str, dict], list[str]]] = {
-    "vlc.compressors.vst.VisualSummarizationTokens": _vst,
-    "vlc.compressors.pool.SpatialPool": _pool,
-    "vlc.compressors.qformer.QFormer": _qformer,
-    "vlc.compressors.moviechat.MovieChatMemory": _moviechat,
-    "vlc.compressors.diffp.DifferentialFramePruning": _diffp,
-    "vlc.compressors.stc.STCConnector": _stc,
-    "vlc.compressors.keyframe.KeyframeSelection": _keyframe,
-    "vlc.compressors.budget.TokenBudget": _budget,
-    "vlc.compressors.llamavid.LLaMAVIDTokens": _llamavid,
-    "vlc.compressors.chain.CompressorChain": _chain,
-}

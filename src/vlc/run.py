@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vlc.model.prompt import PromptBuilder
-from vlc.model.video_llm import VideoLLM
+from vlc.compressors.base import config_targets, trust
+from vlc.evaluation.records import summarize
+from vlc.model.video_llm import VideoLLM, remap_state_dict
 
 log = logging.getLogger("vlc")
 
@@ -25,11 +27,16 @@ CONFIG_DIR = Path(os.environ.get("VLC_CONFIG_DIR", Path(__file__).resolve().pare
 
 
 def build_model(cfg: DictConfig) -> VideoLLM:
-    """The VideoLLM of a composed config (model group + compressor + prompt + optim)."""
+    """The VideoLLM of a composed config (model group + compressor + prompt + optim).
+
+    The config is the user's own, so the compressor it names is trusted (a checkpoint's is not:
+    ``load_eval_model``)."""
+    compressor = OmegaConf.to_container(cfg.compressor, resolve=True) if cfg.get("compressor") else None
+    trust([*config_targets(compressor), *(cfg.get("trusted_compressors") or [])])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     return VideoLLM(
         **model_cfg,
-        compressor=OmegaConf.to_container(cfg.compressor, resolve=True) if cfg.get("compressor") else None,
+        compressor=compressor,
         prompt=OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None,
         optim=OmegaConf.to_container(cfg.optim, resolve=True) if cfg.get("optim") else None,
     )
@@ -77,11 +84,19 @@ def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int,
 def init_weights(model: VideoLLM, path: str) -> None:
     """Copy the weights of a checkpoint into ``model`` (tensors of matching name and shape), as a new
     stage starts from the last one: parameters the checkpoint lacks (e.g. vst's beacons after a
-    stage without them) keep their fresh initialisation. Nothing else of the old run is restored."""
+    stage without them) keep their fresh initialisation. Nothing else of the old run is restored,
+    and nothing but tensors is read (``weights_only``: a pickled object in the file is refused)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"init_from: no checkpoint file at {file}")
-    state = torch.load(file, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"init_from={file}: refused, the file holds more than tensors and plain values "
+                         f"({str(error).splitlines()[0][:200]})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"init_from={file}: not a Lightning checkpoint (no state_dict)")
+    state = remap_state_dict(checkpoint["state_dict"])
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
@@ -93,10 +108,9 @@ def init_weights(model: VideoLLM, path: str) -> None:
     # A compressor that derives its parameters from the LLM (vst copies q/k/v and the eos embedding,
     # as Video-XL copies them from the pretrained model) re-derives them from the *loaded* LLM when
     # the checkpoint has none of its own.
-    derive = getattr(model.compressor, "on_compression_start", None)
-    if derive is not None and not any(k.startswith("compressor.") for k in matched):
-        derive(model.llm, model.tokenizer)
-        log.info("init_from: %s parameters re-derived from the loaded LLM", type(model.compressor).__name__)
+    if not any(k.startswith("pipeline.compressor.") for k in matched):
+        model.compressor.on_compression_start(model.backbone.llm, model.backbone.tokenizer)
+        log.info("init_from: %s re-derived from the loaded LLM", type(model.compressor).__name__)
 
 
 def _scalar(value: Any) -> Any:
@@ -119,7 +133,7 @@ def write_outputs(out_dir: Path, metrics: dict[str, Any], predictions: list[dict
     return path
 
 
-def summarize(cfg: DictConfig, model: VideoLLM, stage_metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def summarize_run(cfg: DictConfig, model: VideoLLM, stage_metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     compressor = cfg.get("compressor") or {}
     target = compressor.get("_target_", "none") if isinstance(compressor, DictConfig) else "none"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -170,7 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if skipped is not None:  # videos replaced under data.on_error=skip: counted, never silent
         extra["data/skipped"] = len(skipped)
         extra["data/skipped_files"] = sorted(skipped)[:100]
-    metrics = summarize(cfg, model, val_metrics, extra)
+    metrics = summarize_run(cfg, model, val_metrics, extra)
     if cfg.get("test") and getattr(datamodule, "has_test", False):
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update({k: _scalar(v) for k, v in test_metrics.items()})
@@ -181,68 +195,64 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def set_compressor(compressor: Any, settings: dict[str, Any]) -> None:
-    """``ckpt_compressor``: change plain settings (bool, int, float, str) the loaded compressor has."""
-    name = type(compressor).__name__
-    for key, value in settings.items():
-        current = getattr(compressor, key, None)
-        plain = isinstance(current, (bool, int, float, str)) and not key.startswith("_")
-        lossy = isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) \
-            and not value.is_integer()  # ratio=4.5 must not become 4
-        if not plain or lossy or isinstance(value, (dict, list)) or (isinstance(current, bool) != isinstance(value, bool)):
-            known = sorted(k for k, v in vars(compressor).items()
-                           if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
-            raise ValueError(f"ckpt_compressor.{key}={value!r}: {name} has no such plain setting of that type; "
-                             f"it has {known}")
-        setattr(compressor, key, type(current)(value))
-        log.info("ckpt_compressor: %s.%s = %r (was %r)", name, key, getattr(compressor, key), current)
-    check = getattr(compressor, "check_settings", None)
-    if settings and check is not None:
-        check()
-
-
 def load_eval_model(cfg: DictConfig) -> VideoLLM:
     """``ckpt_path``'s model, or the config's at random init when it is null (cost figures only).
 
     The prompt is the checkpoint's (or PromptBuilder's defaults); non-null keys of the eval config's
-    ``prompt`` replace it, e.g. ``prompt.answer_style=letter`` for MVBench's letter scoring.
+    ``prompt`` replace it, e.g. ``prompt.answer_style=letter`` for MVBench's letter scoring. A
+    checkpoint's compressor is built only if it is one of vlc's, or listed in ``trusted_compressors``.
     """
     prompt = {k: v for k, v in (OmegaConf.to_container(cfg.get("prompt") or {}, resolve=True)).items() if v is not None}
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path: no checkpoint file at {path}")
-        model = VideoLLM.load_from_checkpoint(str(path), map_location="cpu")
+        trust(cfg.get("trusted_compressors") or [])
+        model = VideoLLM.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
         settings = cfg.get("ckpt_compressor")
         if settings:
-            set_compressor(model.compressor, OmegaConf.to_container(settings, resolve=True))
+            model.with_compressor(OmegaConf.to_container(settings, resolve=True))
         if prompt:
-            model.prompt = PromptBuilder(model.tokenizer, **{**(model.hparams.get("prompt") or {}), **prompt})
+            model.backbone.prompt = model.backbone.prompt.replace(**prompt)
         return model
     if cfg.get("ckpt_compressor"):
         raise ValueError("ckpt_compressor changes a checkpoint's compressor, but ckpt_path is null: "
                          "set the compressor group instead (e.g. compressor=vst compressor.ratio=4)")
-    log.warning("ckpt_path is null: evaluating a randomly initialised model (cost figures only)")
+    log.warning("ckpt_path is null: evaluating the config's model without a vlc checkpoint "
+                "(pretrained weights where the model config loads them, else random: cost figures only)")
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.prompt = prompt
     return build_model(cfg)
 
 
+def build_eval_trainer(cfg: DictConfig) -> L.Trainer:
+    """A Trainer that only evaluates: ``cfg.trainer``'s device, devices and precision, a progress bar
+    with rate and ETA, no logger and no checkpoints."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.get("accelerator", "cpu"), devices=t.get("devices", 1), precision=t.get("precision", "32-true"),
+        strategy=t.get("strategy", "auto"), logger=False, enable_checkpointing=False, enable_model_summary=False,
+        callbacks=[TQDMProgressBar(refresh_rate=1)], inference_mode=True,
+        limit_val_batches=t.get("limit_val_batches", 1.0), limit_test_batches=t.get("limit_test_batches", 1.0),
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` (or the config at random init when it is null).
+    """Evaluate ``ckpt_path`` (or the config's model when it is null), through the same
+    ``VideoLLM`` validation and test steps training uses.
 
     mode=eval: the data config's ``split`` (val | test): accuracy overall and per task, and cost.
     mode=niah: the needle-in-a-haystack grid of ``niah`` (see vlc.evaluation.niah).
     Writes metrics.json and predictions.jsonl (one line per sample, with its cost) into the run dir.
     """
-    from vlc.evaluation.loop import eval_device, predict, summarize_records
-
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = load_eval_model(cfg)
-    device = eval_device(cfg.trainer.get("accelerator", "cpu"))
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    trainer = build_eval_trainer(cfg)
     OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
     mode = cfg.get("mode", "eval")
     extra: dict[str, Any] = {"checkpoint": cfg.ckpt_path, "mode": mode}
@@ -250,20 +260,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         extra["ckpt_compressor"] = OmegaConf.to_container(cfg.ckpt_compressor, resolve=True)
     start = time.perf_counter()
     if mode == "niah":
-        from vlc.evaluation.niah import plot_heatmap, run_niah, write_csv
+        from vlc.evaluation.niah import annotate, cell_rows, niah_loaders, plot_heatmap, write_csv
 
         niah = cfg.niah
-        rows, records = run_niah(
-            model, Path(cfg.paths.data_dir) / "synthetic", list(niah.lengths), list(niah.depths), int(niah.per_cell),
+        loaders = niah_loaders(
+            Path(cfg.paths.data_dir) / "synthetic", list(niah.lengths), list(niah.depths), int(niah.per_cell),
             frame_size=int(niah.frame_size), fps=float(niah.fps), seed=int(niah.seed), batch_size=int(niah.batch_size),
-            backend=cfg.data.get("backend", "decord"), device=device, precision=precision,
-            lazy=bool(cfg.data.get("lazy_decode", False)),
+            backend=cfg.data.get("backend", "decord"), lazy=bool(cfg.data.get("lazy_decode", False)),
         )
+        trainer.validate(model, dataloaders=loaders, verbose=False)
+        records = annotate(model.predictions)
+        rows = cell_rows(records)
         write_csv(rows, out_dir / "niah.csv")
         mean = sum(r["correct"] for r in records) / len(records)
         plot_heatmap(rows, out_dir / "niah_heatmap.png",
                      title=f"{type(model.compressor).__name__}: mean accuracy {mean:.3f}")
-        stage_metrics = summarize_records(records, prefix="niah")
+        stage_metrics = summarize(records, prefix="niah")
         stage_metrics["niah/acc_cell_mean"] = sum(r["accuracy"] for r in rows) / len(rows)
         stage_metrics["niah/cells"] = len(rows)
     elif mode == "eval":
@@ -271,19 +283,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r}; choose val or test")
         datamodule = hydra.utils.instantiate(cfg.data)
-        datamodule.prepare_data()
-        datamodule.setup("validate" if split == "val" else "test")
-        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-        records = predict(model, loader, device, precision)
-        stage_metrics = summarize_records(records, prefix=split)
+        if split == "val":
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        else:
+            trainer.test(model, datamodule=datamodule, verbose=False)
+        records = model.predictions
+        stage_metrics = summarize(records, prefix=split)
         extra["split"] = split
     else:
         raise ValueError(f"mode={mode!r}; choose eval or niah")
     extra["eval_seconds"] = round(time.perf_counter() - start, 2)
-    metrics = summarize(cfg, model, stage_metrics, extra)
+    metrics = summarize_run(cfg, model, stage_metrics, extra)
     # The model's own compressor: a checkpoint's, not the eval config's default.
-    metrics.update(compressor=type(model.compressor).__name__, device=str(device))
-    write_outputs(out_dir, metrics, records)
-    log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.endswith("/acc")}))
-    log.info("wrote %s", out_dir / "metrics.json")
+    metrics.update(compressor=type(model.compressor).__name__, device=str(model.device))
+    if trainer.is_global_zero:
+        write_outputs(out_dir, metrics, records)
+        log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.endswith("/acc")}))
+        log.info("wrote %s", out_dir / "metrics.json")
     return metrics

@@ -80,6 +80,12 @@ class Backbone(nn.Module):
         """Projected FrameTokens → the visual span in the model's native layout."""
         raise NotImplementedError
 
+    def set_grad_checkpointing(self) -> None:
+        """Recompute the LLM's decoder layers in backward (and the vision tower's, where it can)."""
+        from vlc.backbone.llm import enable_activation_checkpointing
+
+        enable_activation_checkpointing(self.llm)
+
     def embed(self, ids: Tensor) -> Tensor:
         """Token ids (...,) → LLM input embeddings (..., hidden_size)."""
         return self.llm.get_input_embeddings()(ids)

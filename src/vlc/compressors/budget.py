@@ -17,7 +17,7 @@ time markers (``prompt.time_markers``, TimeMarker's separators) are text and not
 Different videos of a batch may get different factors: tokens per frame are padded to the
 largest N' of the batch (padding masked), frames to the largest T'. ``grid`` is the common
 pooled grid when every sample has the same, else None. The chosen factors are kept in
-``last_strides`` (one int per sample of the last batch) for logging.
+``last_strides`` (one int per sample of the last batch) and reported as ``pool_stride``.
 
 TimeMarker publishes no code; the rule above is its paper's idea (adapt the frame rate and the
 per-frame compression to the video's length), the budget a user setting. Parameter-free.
@@ -29,24 +29,32 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from vlc.compressors.base import Compressor, check_settings, is_int, show
 from vlc.tokens import FrameTokens
 
 
-class TokenBudget(nn.Module):
+class TokenBudget(Compressor):
     """Pool each video's frames just enough to fit ``max_tokens`` visual tokens.
 
     max_tokens: visual tokens per video the LLM may receive.
     max_stride: the largest pooling factor; None = pool down to one token per frame.
     """
 
+    needs_grid = True
+    keeps_grid = False  # videos of a batch may get different pooled grids
+    keeps_frames = False  # a video over budget at max_stride loses frames
+
     def __init__(self, max_tokens: int = 6144, max_stride: int | None = None) -> None:
         super().__init__()
-        if max_tokens < 1:
-            raise ValueError(f"compressor.max_tokens must be ≥ 1, got {max_tokens}")
-        if max_stride is not None and max_stride < 1:
-            raise ValueError(f"compressor.max_stride must be ≥ 1 or null, got {max_stride}")
+        problems = []
+        if not is_int(max_tokens, 1):
+            problems.append(f"compressor.max_tokens={show(max_tokens)} (budget): visual tokens per video, "
+                            f"an integer >= 1")
+        if max_stride is not None and not is_int(max_stride, 1):
+            problems.append(f"compressor.max_stride={show(max_stride)} (budget): an integer >= 1 or null")
+        check_settings(problems)
         self.max_tokens, self.max_stride = max_tokens, max_stride
         self.last_strides: list[int] = []
 
@@ -66,7 +74,9 @@ class TokenBudget(nn.Module):
             )
         return largest, keep
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         if x.grid is None:
             raise ValueError("budget needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
         B, T, N, D = x.tokens.shape
@@ -98,6 +108,9 @@ class TokenBudget(nn.Module):
             times[b, t:] = tim[-1]  # padded frames keep the last time (masked anyway)
         grids = {o[2] for o in filled}
         return FrameTokens(tokens, token_mask, times, grids.pop() if len(grids) == 1 else None)
+
+    def report(self) -> dict[str, list[float]]:
+        return {"pool_stride": [float(s) for s in self.last_strides]}
 
 
 def pool(tokens: Tensor, mask: Tensor, grid: tuple[int, int], s: int) -> tuple[Tensor, Tensor, tuple[int, int]]:

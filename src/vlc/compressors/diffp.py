@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from vlc.compressors.base import Compressor, check_settings, is_int, is_number, show
 from vlc.tokens import FrameTokens
 
 # VideoLLaMA3 differences pixels normalised with std 0.5 and multiplies by 255.
@@ -33,7 +34,7 @@ VIDEOLLAMA3_STD = 0.5
 VIDEOLLAMA3_SCALE = 255.0
 
 
-class DifferentialFramePruning(nn.Module):
+class DifferentialFramePruning(Compressor):
     """Keep tokens whose patch region changed since the previous frame.
 
     threshold:  mean |Δ| over a region, in VideoLLaMA3's units (its default: 0.1).
@@ -42,6 +43,9 @@ class DifferentialFramePruning(nn.Module):
     pixel_std:  the per-channel std the encoder normalised the pixels with (the tiny ViT's
                 [0.5, 0.5, 0.5]; CLIP's [0.26862954, 0.26130258, 0.27577711]).
     """
+
+    reads_pixels = True
+    needs_grid = True
 
     def __init__(
         self,
@@ -53,12 +57,19 @@ class DifferentialFramePruning(nn.Module):
         super().__init__()
         # The model passes its encoder's std; standalone use assumes the (0.5, 0.5, 0.5) of timm ViTs.
         pixel_std = (0.5, 0.5, 0.5) if pixel_std is None else pixel_std
-        if min_tokens < 1:
-            raise ValueError(f"compressor.min_tokens must be ≥ 1, got {min_tokens}")
+        problems = []
+        if not is_int(min_tokens, 1):
+            problems.append(f"compressor.min_tokens={show(min_tokens)} (diffp): tokens every frame keeps, "
+                            f"an integer >= 1")
         if fallback not in ("most_changed", "first"):
-            raise ValueError(f"compressor.fallback must be 'most_changed' or 'first', got {fallback!r}")
+            problems.append(f"compressor.fallback={show(fallback)} (diffp): choose most_changed or first")
         if len(pixel_std) != 3:
-            raise ValueError(f"compressor.pixel_std needs one value per RGB channel, got {list(pixel_std)}")
+            problems.append(f"compressor.pixel_std={show(list(pixel_std))} (diffp): one value per RGB channel, "
+                            f"or null for the encoder's")
+        if not is_number(threshold):
+            problems.append(f"compressor.threshold={show(threshold)} (diffp): a mean absolute pixel change "
+                            f"(VideoLLaMA3: 0.1)")
+        check_settings(problems)
         self.threshold, self.min_tokens, self.fallback = threshold, min_tokens, fallback
         # Normalised difference × scale = difference in VideoLLaMA3's units.
         scale = torch.tensor([float(s) for s in pixel_std]) / VIDEOLLAMA3_STD * VIDEOLLAMA3_SCALE
@@ -89,7 +100,9 @@ class DifferentialFramePruning(nn.Module):
         change = change.reshape(B, T, N).float()
         return change.masked_fill((prev < 0)[:, :, None], float("inf"))  # first frame: keep whole
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         if pixels is None:
             raise ValueError(
                 "diffp needs the frames' pixels: call it with pixels (B, T, 3, H, W), and in a chain put it "

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from vlc.compressors.base import Compressor, check_settings, is_int, is_number, show
 from vlc.tokens import FrameTokens
 
 
-class KeyframeSelection(nn.Module):
+class KeyframeSelection(Compressor):
     """Keep a frame when its pooled feature moved away from the last kept frame.
 
     threshold:  keep a frame when cos(feature, last keyframe's feature) < threshold
@@ -36,15 +37,22 @@ class KeyframeSelection(nn.Module):
     max_frames: keep at most this many frames per video, the most novel ones; None = no cap.
     """
 
+    keeps_frames = False
+
     def __init__(self, threshold: float = 0.93, max_frames: int | None = None) -> None:
         super().__init__()
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"compressor.threshold is a cosine similarity in [-1, 1], got {threshold}")
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"compressor.max_frames must be ≥ 1 or null, got {max_frames}")
+        problems = []
+        if not (is_number(threshold) and -1 <= threshold <= 1):
+            problems.append(f"compressor.threshold={show(threshold)} (keyframe): a cosine similarity in [-1, 1] "
+                            f"(ShareGPT4Video: 0.93)")
+        if max_frames is not None and not is_int(max_frames, 1):
+            problems.append(f"compressor.max_frames={show(max_frames)} (keyframe): an integer >= 1 or null")
+        check_settings(problems)
         self.threshold, self.max_frames = threshold, max_frames
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         B, T, N, D = x.tokens.shape
         mask = x.token_mask
         # Mean of each frame's real tokens (pruned tokens, e.g. by diffp, do not count).

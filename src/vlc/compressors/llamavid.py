@@ -32,10 +32,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vlc.compressors.base import Compressor, is_int, show
 from vlc.tokens import FrameTokens
 
 
-class LLaMAVIDTokens(nn.Module):
+class LLaMAVIDTokens(Compressor):
     """Two tokens per frame: a question-conditioned context token and a mean content token.
 
     dim:          width of the incoming features (encoder width); outputs keep it.
@@ -44,12 +45,13 @@ class LLaMAVIDTokens(nn.Module):
     num_queries:  learned queries per frame (LLaMA-VID: 32).
     """
 
-    uses_question = True
+    reads_question = True
+    keeps_grid = False
 
     def __init__(self, dim: int, question_dim: int | None = None, num_queries: int = 32) -> None:
         super().__init__()
-        if num_queries < 1:
-            raise ValueError(f"compressor.num_queries must be ≥ 1, got {num_queries}")
+        if not is_int(num_queries, 1):
+            raise ValueError(f"compressor.num_queries={show(num_queries)} (llamavid): an integer >= 1")
         # std 0.02: BERT's initializer_range, which LLaMA-VID uses for its query tokens.
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.question_proj = nn.Linear(question_dim, dim) if question_dim is not None else nn.LazyLinear(dim)
@@ -63,8 +65,8 @@ class LLaMAVIDTokens(nn.Module):
     ) -> FrameTokens:
         if question is None:
             raise ValueError(
-                "llamavid reads the question (uses_question = True) but got question=None; "
-                "pass question=(embeds (B, Lq, D_llm), mask (B, Lq)) as VideoLLM._compress does"
+                "llamavid reads the question (reads_question = True) but got question=None; "
+                "pass question=(embeds (B, Lq, D_llm), mask (B, Lq)) as the pipeline does"
             )
         B, T, N, D = x.tokens.shape
         embeds, q_mask = question

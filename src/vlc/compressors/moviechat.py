@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vlc.compressors.base import Compressor, check_settings, is_int, is_number, show
 from vlc.tokens import FrameTokens
 
 
@@ -79,7 +80,28 @@ def consolidate(run: Frames, keep: int) -> Frames:
     return run
 
 
-class MovieChatMemory(nn.Module):
+def _problems(short, merge, long_, base, alpha, mode, breakpoint_time) -> list[str]:
+    if not all(is_int(x, 1) for x in (short, merge, long_, base)):
+        return [f"compressor.short_len={show(short)}, merge_to={show(merge)}, long_len={show(long_)}, "
+                f"num_base_pos={show(base)} (moviechat): integers >= 1"]
+    out = []
+    if merge > short:
+        out.append(f"compressor.merge_to={merge} (moviechat): a full short-term buffer of short_len={short} frames "
+                   f"is merged down to merge_to, so 1 <= merge_to <= short_len (MovieChat: short_len 18, merge_to 2)")
+    if not merge <= long_ <= base**2:
+        out.append(f"compressor.long_len={long_} (moviechat): must be in merge_to..num_base_pos² ({merge}..{base**2}), "
+                   f"so that every memory frame has a position")
+    if not (is_number(alpha) and 0 <= alpha < 1):
+        out.append(f"compressor.alpha={show(alpha)} (moviechat): the position expansion weight, in [0, 1) "
+                   f"(MovieChat: 0.01)")
+    if mode not in ("global", "breakpoint"):
+        out.append(f"compressor.mode={show(mode)} (moviechat): choose global or breakpoint")
+    elif mode == "breakpoint" and breakpoint_time is None:
+        out.append("compressor.mode=breakpoint (moviechat): needs breakpoint_time (seconds)")
+    return out
+
+
+class MovieChatMemory(Compressor):
     """MovieChat memory before the LLM: (B, T, N, D) → (B, T', N, D), T' = memory length.
 
     short_len:       frames in the short-term buffer before it is consolidated (paper: 18).
@@ -94,6 +116,8 @@ class MovieChatMemory(nn.Module):
                      Video-LLaMA's checkpoint).
     """
 
+    keeps_frames = False
+
     def __init__(
         self,
         dim: int,
@@ -107,17 +131,7 @@ class MovieChatMemory(nn.Module):
         pos_init_std: float = 0.02,
     ) -> None:
         super().__init__()
-        if not 1 <= merge_to <= short_len:
-            raise ValueError(f"compressor.merge_to={merge_to} must be in [1, short_len={short_len}]")
-        if not merge_to <= long_len <= num_base_pos**2:
-            raise ValueError(
-                f"compressor.long_len={long_len} must be in [merge_to={merge_to}, num_base_pos²={num_base_pos**2}]: "
-                "every memory frame needs a position"
-            )
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"compressor.alpha={alpha} must be in [0, 1)")
-        if mode not in ("global", "breakpoint"):
-            raise ValueError(f"compressor.mode must be 'global' or 'breakpoint', got {mode!r}")
+        check_settings(_problems(short_len, merge_to, long_len, num_base_pos, alpha, mode, breakpoint_time))
         self.short_len, self.merge_to, self.long_len = short_len, merge_to, long_len
         self.alpha, self.mode, self.breakpoint_time = alpha, mode, breakpoint_time
         self.frame_position = nn.Embedding(num_base_pos, dim)
@@ -137,7 +151,9 @@ class MovieChatMemory(nn.Module):
         q = self.alpha * u[:, None, :] + (1 - self.alpha) * u[None, :, :]  # (n, n, D): [i, j]
         return q.reshape(n * n, D)
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         B, T, N, D = x.tokens.shape
         valid = x.frame_mask  # (B, T): padded frames never enter memory
         if self.mode == "breakpoint":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from vlc.compressors.base import Compressor
 from vlc.tokens import FrameTokens
 
 
-class Identity(nn.Module):
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+class Identity(Compressor):
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         return x

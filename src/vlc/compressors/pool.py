@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from vlc.compressors.base import Compressor, check_settings, is_int, show
 from vlc.tokens import FrameTokens
 
 
-class SpatialPool(nn.Module):
+class SpatialPool(Compressor):
     """Average (or bilinear) pooling by ``stride`` on the patch grid: N → N / stride².
 
     A grid side that ``stride`` does not divide is pooled with ceil_mode, so edge cells average
     fewer patches rather than being dropped.
     """
 
+    needs_grid = True
+
     def __init__(self, stride: int = 2, mode: str = "avg") -> None:
         super().__init__()
-        if stride < 1:
-            raise ValueError(f"compressor.stride must be ≥ 1, got {stride}")
+        problems = []
+        if not is_int(stride, 1):
+            problems.append(f"compressor.stride={show(stride)} (pool): pooling factor per grid side, an integer >= 1 "
+                            f"(1 = no pooling, 2 = LLaVA-NeXT-Video's 2x2)")
         if mode not in ("avg", "bilinear"):
-            raise ValueError(f"compressor.mode must be 'avg' or 'bilinear', got {mode!r}")
+            problems.append(f"compressor.mode={show(mode)} (pool): choose avg or bilinear")
+        check_settings(problems)
         self.stride, self.mode = stride, mode
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         if x.grid is None:
             raise ValueError("pool needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
         if self.stride == 1:

@@ -27,7 +27,7 @@ cross-attend to the video and only the queries are returned, as InstructBLIP doe
 simplifications: the question half passes through self-attention only (InstructBLIP gives it a
 feed-forward of its own per layer), and it carries no position embedding (the LLM's input
 embeddings have none; InstructBLIP's BERT adds its own). The compressor then sets
-``uses_question = True`` and needs ``question=(embeds (B, Lq, question_dim), mask (B, Lq))``;
+``reads_question = True`` and needs ``question=(embeds (B, Lq, question_dim), mask (B, Lq))``;
 see docs/question_awareness.md for what that costs (no context reuse across questions).
 """
 
@@ -39,10 +39,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlc.compressors.base import Compressor, check_settings, is_int, show
 from vlc.tokens import FrameTokens
 
 # Rows of the frame-position table in each source: Video-LLaMA 32, TimeChat 96, VTG-LLM 96.
 SOURCE_MAX_FRAMES = {"global": 32, "sliding": 96, "slots": 96}
+
+
+def _problems(dim, mode, num_queries, depth, heads, window, stride, num_slots, max_frames, question_aware) -> list[str]:
+    label = f"qformer, {mode}" if mode == "sliding" else "qformer"
+    if mode not in SOURCE_MAX_FRAMES:
+        return [f"compressor.mode={show(mode)} (qformer): choose one of {', '.join(sorted(SOURCE_MAX_FRAMES))}"]
+    out = []
+    for key, value in (("num_queries", num_queries), ("depth", depth), ("num_slots", num_slots)):
+        if not is_int(value, 1):
+            out.append(f"compressor.{key}={show(value)} ({label}): an integer >= 1")
+    if max_frames is not None and not is_int(max_frames, 1):
+        out.append(f"compressor.max_frames={show(max_frames)} ({label}): frame-position rows, an integer >= 1 or null")
+    if mode != "slots":
+        if not is_int(heads, 1):
+            out.append(f"compressor.heads={show(heads)} ({label}): attention heads, an integer >= 1")
+        elif dim % heads:
+            divisors = [h for h in range(1, dim + 1) if dim % h == 0 and h <= 64]
+            out.append(f"compressor.heads={heads} ({label}): must divide the encoder width {dim}; "
+                       f"e.g. {', '.join(map(str, divisors[-4:]))}")
+    if mode == "sliding":
+        if not is_int(window, 1):
+            out.append(f"compressor.window={show(window)} ({label}): frames per window, an integer >= 1 (TimeChat: 32)")
+        elif not is_int(stride, 1, window):
+            out.append(f"compressor.stride={show(stride)} ({label}): frames between window starts, in 1..window "
+                       f"(window={window}), so that every frame is read (TimeChat: 32)")
+    if question_aware and mode == "slots":
+        out.append(f"compressor.question_aware=true ({label}): needs mode global or sliding "
+                   f"(slots have no self-attention)")
+    return out
 
 
 class Attention(nn.Module):
@@ -96,7 +126,7 @@ class QFormerLayer(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries)), text
 
 
-class QFormer(nn.Module):
+class QFormer(Compressor):
     """Learned queries (or slots) over frame tokens; see the module docstring for the modes.
 
     dim:         width of the incoming features (encoder width); outputs keep it.
@@ -113,10 +143,13 @@ class QFormer(nn.Module):
                  more real frames than rows reads the table linearly interpolated over its frames
                  (first frame → row 0, last → last row) instead of failing.
     question_aware: the question's tokens join the queries' self-attention (InstructBLIP);
-                 global and sliding modes only. Sets ``uses_question`` on the instance.
+                 global and sliding modes only. Sets ``reads_question`` on the instance.
     question_dim: width of the question embeddings (the LLM hidden size; the model passes it).
                  None = take it from the first question (nn.LazyLinear). Only used when question_aware.
     """
+
+    keeps_grid = False
+    keeps_frames = False
 
     def __init__(
         self,
@@ -135,17 +168,11 @@ class QFormer(nn.Module):
         question_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if mode not in SOURCE_MAX_FRAMES:
-            raise ValueError(f"compressor.mode must be one of {sorted(SOURCE_MAX_FRAMES)}, got {mode!r}")
-        if mode != "slots" and dim % heads:
-            raise ValueError(f"compressor.heads={heads} must divide the encoder width dim={dim}")
-        if mode == "sliding" and not (1 <= stride <= window):
-            raise ValueError(f"compressor.stride must be in [1, window={window}] so every frame is read, got {stride}")
-        if question_aware and mode == "slots":
-            raise ValueError("compressor.question_aware needs mode global or sliding (slots have no self-attention)")
+        check_settings(_problems(dim, mode, num_queries, depth, heads, window, stride, num_slots, max_frames,
+                                 question_aware))
         self.mode, self.window, self.stride = mode, window, stride
         # An instance attribute: the model hands the question only to compressors that ask for it.
-        self.uses_question = question_aware
+        self.reads_question = question_aware
         self.max_frames = max_frames or SOURCE_MAX_FRAMES[mode]
 
         # The sources feed the video Q-Former LayerNorm-ed features (BLIP-2's ln_vision, then
@@ -169,7 +196,7 @@ class QFormer(nn.Module):
         self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
     ) -> FrameTokens:
         """question: (embeds (B, Lq, question_dim), mask (B, Lq)); read only when question_aware."""
-        if self.uses_question and question is None:
+        if self.reads_question and question is None:
             raise ValueError(
                 "qformer with question_aware: true reads the question but got question=None; "
                 "pass question=(embeds (B, Lq, D_llm), mask (B, Lq)) as VideoLLM._compress does"
@@ -192,7 +219,7 @@ class QFormer(nn.Module):
         else:
             out = self.queries.expand(B * G, -1, -1)  # (B·G, Q, D)
             text = text_mask = None
-            if self.uses_question:
+            if self.reads_question:
                 embeds, q_mask = question
                 text = self.norm_question(self.question_proj(embeds.to(out.dtype)))  # (B, Lq, D)
                 text, text_mask = text.repeat_interleave(G, 0), q_mask.bool().repeat_interleave(G, 0)  # per group

@@ -31,6 +31,7 @@ from timm.layers import LayerNorm2d
 from timm.models.regnet import RegStage
 from torch import Tensor, nn
 
+from vlc.compressors.base import Compressor, check_settings, is_int, show
 from vlc.tokens import FrameTokens
 
 
@@ -48,7 +49,7 @@ def reg_stage(depth: int, in_chs: int, out_chs: int) -> nn.Module:
     )
 
 
-class STCConnector(nn.Module):
+class STCConnector(Compressor):
     """RegStage → Conv3d (or AvgPool3d) + SiLU → RegStage → MLP, on a (B, C, T, h, w) volume.
 
     dim:        width of the incoming features (encoder width).
@@ -65,6 +66,9 @@ class STCConnector(nn.Module):
                 initialise them (VideoLLaMA2 builds bare RegStages, which skip it).
     """
 
+    needs_grid = True
+    keeps_frames = False
+
     def __init__(
         self,
         dim: int,
@@ -80,15 +84,22 @@ class STCConnector(nn.Module):
         super().__init__()
         hidden = hidden or dim
         out_dim = out_dim or dim
-        kernel = tuple(int(k) for k in kernel)
-        if len(kernel) != 3 or min(kernel) < 1:
-            raise ValueError(f"compressor.kernel must be three positive ints (t, h, w), got {kernel}")
+        label = "stc" if downsample == "conv" else "stp"
+        kernel = list(kernel or [])
+        if len(kernel) != 3 or not all(is_int(k, 1) for k in kernel):
+            raise ValueError(f"compressor.kernel={kernel} ({label}): three positive integers (t, h, w), "
+                             f"VideoLLaMA2: [2, 2, 2]")
+        kernel = tuple(kernel)
+        problems = []
         if downsample not in ("conv", "pool"):
-            raise ValueError(f"compressor.downsample must be 'conv' (stc) or 'pool' (stp), got {downsample!r}")
-        if padding < 0 or (downsample == "pool" and 2 * padding > min(kernel)):
-            raise ValueError(f"compressor.padding={padding} does not fit kernel {kernel} with downsample={downsample}")
-        if mlp_depth < 1:
-            raise ValueError(f"compressor.mlp_depth must be ≥ 1, got {mlp_depth}")
+            problems.append(f"compressor.downsample={show(downsample)} (stc): choose conv (stc) or pool (stp)")
+        if not is_int(padding, 0) or (downsample == "pool" and 2 * padding > min(kernel)):
+            problems.append(f"compressor.padding={show(padding)} ({label}): an integer >= 0, at most half the kernel "
+                            f"with downsample=pool")
+        for key, value, low in (("mlp_depth", mlp_depth, 1), ("depth", depth, 0)):
+            if not is_int(value, low):
+                problems.append(f"compressor.{key}={show(value)} ({label}): an integer >= {low}")
+        check_settings(problems)
         self.kernel, self.padding = kernel, padding
 
         self.s1 = reg_stage(depth, dim, hidden)
@@ -108,7 +119,9 @@ class STCConnector(nn.Module):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
         self.readout = nn.Sequential(*layers)
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
+    def forward(
+        self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
+    ) -> FrameTokens:
         if x.grid is None:
             raise ValueError("stc needs tokens on a patch grid (FrameTokens.grid is None); put it before a Q-Former")
         B, T, N, D = x.tokens.shape

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
-from vlc.tokens import Context, FrameTokens
+from vlc.compressors.base import CacheCompressor, check_settings, is_int, show
+from vlc.tokens import Context
 
 try:  # optional: only used on CUDA with fp16/bf16
     from flash_attn import flash_attn_func
@@ -86,7 +87,7 @@ class _Stream:
         ]
 
 
-class VisualSummarizationTokens(nn.Module):
+class VisualSummarizationTokens(CacheCompressor):
     """Video-XL visual summarization tokens (KV beacons inside the LLM).
 
     window:    raw visual tokens per window (Video-XL: 1440 = 10 frames x 144 tokens).
@@ -118,35 +119,18 @@ class VisualSummarizationTokens(nn.Module):
         curriculum_steps: int = 0,
     ):
         super().__init__()
+        check_settings(_problems(window, ratio, ratios, attention, curriculum, curriculum_steps))
         ratios = tuple(int(r) for r in ratios)
         stages = tuple(tuple(int(r) for r in stage) for stage in (curriculum or ()))
-        if stages and (int(curriculum_steps) < len(stages) or any(not stage for stage in stages)):
-            raise ValueError(
-                f"compressor.curriculum (vst): {len(stages)} stages need curriculum_steps >= {len(stages)} "
-                f"(got {curriculum_steps}) and at least one ratio each"
-            )
-        if window < 1:
-            raise ValueError(f"compressor.window={window} (vst): raw visual tokens per window, must be >= 1")
-        for key, value in [("ratio", int(ratio))] + [("ratios", r) for r in ratios] + [
-            ("curriculum", r) for stage in stages for r in stage
-        ]:
-            if not 1 <= value <= window:
-                raise ValueError(
-                    f"compressor.{key} holds {value} (vst), outside 1..window={window}; lower it or raise compressor.window"
-                )
-        if not ratios:
-            raise ValueError("compressor.ratios is empty (vst); give at least one training ratio, e.g. [2, 4, 8, 12, 16]")
-        if attention not in ATTENTION:
-            raise ValueError(f"compressor.attention={attention!r} (vst); expected one of {ATTENTION}")
         self.window = int(window)
         self.ratio = int(ratio)
         self.ratios = ratios
         self.curriculum, self.curriculum_steps = stages, int(curriculum_steps)
-        self.compressed_steps = 0  # compressed training steps so far (VideoLLM sets it each batch)
+        self.compressed_steps = 0  # compressed training steps so far (on_train_step sets it)
         self.streaming = bool(streaming)
         self.compress = bool(compress)
         self.attention = attention
-        # Filled by attach(): per-layer beacon projections and the beacon embedding row.
+        # Filled by bind(): per-layer beacon projections and the beacon embedding row.
         self.beacon_q = nn.ModuleList()
         self.beacon_k = nn.ModuleList()
         self.beacon_v = nn.ModuleList()
@@ -156,13 +140,6 @@ class VisualSummarizationTokens(nn.Module):
         # (raw tokens, ratio or 0, beacons) per visual window run; a lockstep batch's window counts once
         self.last_windows: list[tuple[int, int, int]] = []
 
-    def check_settings(self) -> None:
-        """Re-check window and ratio after they were changed on a built compressor (eval's ckpt_compressor)."""
-        if self.window < 1:
-            raise ValueError(f"compressor.window={self.window} (vst): raw visual tokens per window, must be >= 1")
-        if not 1 <= self.ratio <= self.window:
-            raise ValueError(f"compressor.ratio={self.ratio} (vst) is outside 1..window={self.window}")
-
     def extra_repr(self) -> str:
         curriculum = (f"curriculum={[list(c) for c in self.curriculum]} over {self.curriculum_steps} steps, "
                       if self.curriculum else "")
@@ -171,26 +148,28 @@ class VisualSummarizationTokens(nn.Module):
             f"streaming={self.streaming}, compress={self.compress}"
         )
 
-    def forward(self, x: FrameTokens, pixels: Tensor | None = None) -> FrameTokens:
-        return x  # compression happens inside the LLM, in prefill()
+    def chunk_frames(self, tokens_per_frame: int) -> int:
+        return max(1, self.window // tokens_per_frame)  # one window of frames per chunk
+
+    def on_train_step(self, compressed_steps: int) -> None:
+        self.compressed_steps = compressed_steps  # the ratio curriculum counts these
 
     # ------------------------------------------------------------------ parameters
 
-    def attach(self, llm: PreTrainedModel, tokenizer) -> None:
+    def bind(self, llm: PreTrainedModel, tokenizer) -> None:
         """Create the beacon parameters from ``llm``: per layer a copy of q/k/v_proj, and one beacon
         embedding row copied from the eos embedding. They live in this module (not in the HF model),
         so the optimizer and the checkpoint see them with the compressor. Calling it again
-        re-initialises them; load a checkpoint after attaching."""
+        re-initialises them; load a checkpoint after binding."""
         layers, _ = _decoder_parts(llm)
         self.beacon_q = nn.ModuleList(_copy_linear(layer.self_attn.q_proj) for layer in layers)
         self.beacon_k = nn.ModuleList(_copy_linear(layer.self_attn.k_proj) for layer in layers)
         self.beacon_v = nn.ModuleList(_copy_linear(layer.self_attn.v_proj) for layer in layers)
         weight = llm.get_input_embeddings().weight  # (V, D)
-        self.eos_id = _eos_id(llm, tokenizer)
-        self.beacon_embed = nn.Parameter(weight[self.eos_id].detach().clone())  # (D,)
+        self.beacon_embed = nn.Parameter(weight[_eos_id(llm, tokenizer)].detach().clone())  # (D,)
 
     @torch.no_grad()
-    def on_compression_start(self, llm: PreTrainedModel, tokenizer=None) -> None:
+    def on_compression_start(self, llm: PreTrainedModel, tokenizer) -> None:
         """Overwrite the beacon q/k/v and embedding, in place (optimizer references stay valid),
         with the LLM's current base projections and eos embedding: called once, when an
         uncompressed phase of training ends, so the beacons start from the trained model."""
@@ -202,8 +181,7 @@ class VisualSummarizationTokens(nn.Module):
                 beacon.weight.copy_(base.weight)
                 if base.bias is not None:
                     beacon.bias.copy_(base.bias)
-        eos = self.eos_id if tokenizer is None else _eos_id(llm, tokenizer)
-        self.beacon_embed.copy_(llm.get_input_embeddings().weight[eos])
+        self.beacon_embed.copy_(llm.get_input_embeddings().weight[_eos_id(llm, tokenizer)])
 
     # ------------------------------------------------------------------ prefill
 
@@ -228,7 +206,7 @@ class VisualSummarizationTokens(nn.Module):
         layers, rotary = _decoder_parts(llm)
         if self.beacon_embed is None or len(self.beacon_q) != len(layers):
             raise RuntimeError(
-                f"vst.prefill: call attach(llm, tokenizer) first "
+                f"vst.prefill: call bind(llm, tokenizer) first "
                 f"({len(self.beacon_q)} beacon layers, the model has {len(layers)})"
             )
         B = sink.shape[0]
@@ -328,6 +306,35 @@ class VisualSummarizationTokens(nn.Module):
         attention_mask = (torch.arange(L, device=device)[None] >= (L - length)[:, None]).long()  # (B, L)
         visual_tokens = torch.tensor([s.visual_tokens for _, s, _ in rows], device=device)
         return Context(cache, attention_mask, next_position, visual_tokens)
+
+
+def _problems(window, ratio, ratios, attention, curriculum, curriculum_steps) -> list[str]:
+    if not is_int(window, 1):
+        return [f"compressor.window={show(window)} (vst): raw visual tokens per window, an integer >= 1 "
+                f"(Video-XL: 1440 = 10 frames x 144 tokens)"]
+    out = []
+    if not is_int(ratio, 1, window):
+        out.append(f"compressor.ratio={show(ratio)} (vst): raw tokens per beacon at inference, an integer in "
+                   f"1..window (window={window}); Video-XL uses 16, and a ratio above the window would leave a "
+                   f"window without a beacon")
+    ratios = list(ratios or [])
+    if not ratios:
+        out.append("compressor.ratios=[] (vst): give at least one training ratio, each in 1..window, "
+                   "e.g. [2, 4, 8, 12, 16]")
+    bad = [r for r in ratios if not is_int(r, 1, window)]
+    if bad:
+        out.append(f"compressor.ratios={ratios} (vst): {bad} outside 1..window (window={window}); "
+                   f"lower them or raise window")
+    if attention not in ATTENTION:
+        out.append(f"compressor.attention={show(attention)} (vst): choose one of {', '.join(ATTENTION)}")
+    stages = [list(stage) for stage in (curriculum or ())]
+    if stages and (not is_int(curriculum_steps, len(stages)) or any(not stage for stage in stages)):
+        out.append(f"compressor.curriculum (vst): {len(stages)} stages need curriculum_steps >= {len(stages)} "
+                   f"(got {curriculum_steps}) and at least one ratio each")
+    bad = [r for stage in stages for r in stage if not is_int(r, 1, window)]
+    if bad:
+        out.append(f"compressor.curriculum (vst): {bad} outside 1..window (window={window})")
+    return out
 
 
 class _Runner:
@@ -520,7 +527,7 @@ def _eos_id(llm: PreTrainedModel, tokenizer) -> int:
     if isinstance(eos, (list, tuple)):
         eos = eos[0] if eos else None
     if eos is None:
-        raise ValueError("vst.attach: neither the tokenizer nor llm.config has an eos_token_id for the beacons")
+        raise ValueError("vst.bind: neither the tokenizer nor llm.config has an eos_token_id for the beacons")
     return int(eos)
 
 

@@ -1,13 +1,16 @@
 """``vlc-bench``: memory and latency of each compressor against the number of frames.
 
     vlc-bench                                             # every compressor, tiny model, CPU
-    vlc-bench --compressors none,vst,vst:ratio=4 --frames 64,256,1024 --set model.encoder.img_size=64
-    vlc-bench --model videoxl_7b_random --device cuda --max-frames --compressors none,pool,vst
+    vlc-bench compressor=none compressor=vst compressor=vst compressor.ratio=4 model.encoder.img_size=64 \
+        --frames 64,256,1024
+    vlc-bench model=videoxl_7b_random compressor=none,pool,vst --device cuda --max-frames
     python -m vlc.evaluation.bench --help
 
-Each measurement is one sample in eval mode under no_grad, built from the real configs
-(``configs/eval.yaml`` + ``model=`` + ``compressor=``, random init) and measured the way
-``VideoLLM.evaluate_batch`` measures every compressor (``measure_context``): visual tokens entering
+The positional arguments are Hydra overrides, as ``train.py`` and ``eval.py`` take them; each
+``compressor=NAME`` starts a variant and the ``compressor.KEY=VALUE`` after it belong to it (see
+``variants``). Each measurement is one sample in eval mode under no_grad, built from the real
+configs (``configs/eval.yaml`` with the overrides, random init) and measured the way
+``VideoPipeline.evaluate`` measures every compressor (``measure_context``): visual tokens entering
 the LLM, KV tokens and bytes after prefill, encoder and prefill time, peak memory. By default the
 frames come from a generated mp4 of exactly N frames, decoded like evaluation decodes (decoding is
 timed and inside the memory window). Memory: CUDA ``max_memory_allocated``; CPU the process
@@ -68,15 +71,35 @@ def default_compressors(config_dir: Path) -> list[str]:
     return names + [c for c in DEFAULT_EXTRA if c.split(":")[0] in names]
 
 
-def parse_compressor(spec: str) -> tuple[str, list[str]]:
-    """``vst:ratio=4,window=160`` → ("vst", ["compressor.ratio=4", "compressor.window=160"])."""
-    name, _, params = spec.partition(":")
-    overrides = []
-    for item in filter(None, params.split(",")):
-        if "=" not in item:
-            raise ValueError(f"--compressors: {spec!r}: expected name:key=value[,key=value], got {item!r}")
-        overrides.append(f"compressor.{item.strip()}")
-    return name.strip(), overrides
+def variants(overrides: list[str], config_dir: Path) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Hydra overrides → (the variants to measure, the overrides every variant shares).
+
+    Each ``compressor=NAME`` starts a variant (``compressor=none,pool,vst``: one per name), and the
+    ``compressor.KEY=VALUE`` overrides after it belong to it; every other override (``model=…``,
+    ``model.encoder.img_size=64``) applies to all. A variant is labelled ``vst:ratio=4`` in the
+    tables. No ``compressor=``: every compressor config but the chain, plus vst at ratio 4.
+    """
+    shared: list[str] = []
+    groups: list[tuple[list[str], list[str]]] = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "compressor":
+            groups.append(([v.strip() for v in value.split(",") if v.strip()], []))
+        elif key.startswith("compressor.") and groups:
+            groups[-1][1].append(item)
+        elif key.startswith("compressor."):
+            raise ValueError(f"{item}: give compressor=NAME before its settings")
+        else:
+            shared.append(item)
+    if not groups:
+        groups = [([name], [f"compressor.{kv}" for kv in params.split(",") if kv])
+                  for name, _, params in (spec.partition(":") for spec in default_compressors(config_dir))]
+    out = []
+    for names, settings in groups:
+        for name in names:
+            label = name + (":" + ",".join(o.split(".", 1)[1] for o in settings) if settings else "")
+            out.append((label, [f"compressor={name}", *settings]))
+    return out, shared
 
 
 def parse_frames(text: str) -> list[int]:
@@ -86,16 +109,15 @@ def parse_frames(text: str) -> list[int]:
     return frames
 
 
-def compose(model: str, compressor_spec: str, sets: list[str], config_dir: Path):
+def compose(overrides: list[str], config_dir: Path):
+    """configs/eval.yaml with ``overrides``, for a model without a checkpoint (random init)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    name, overrides = parse_compressor(compressor_spec)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        base = ["ckpt_path=null", f"model={model}", f"compressor={name}"]
-        return hydra_compose("eval", overrides=[*base, *overrides, *sets])
+        return hydra_compose("eval", overrides=["ckpt_path=null", *overrides])
 
 
 def build(cfg) -> Any:
@@ -166,13 +188,14 @@ def measure(model: Any, frames: int, size: int, video: Path | None, device: torc
     ``encoder ms``; ``decode ms`` is then the decoding time wherever it fell.
     """
     from vlc.evaluation.efficiency import (
+        autocast,
         current_memory_mb,
         measure_context,
         peak_memory_mb,
         release_memory,
         reset_peak_memory,
+        to_device,
     )
-    from vlc.evaluation.loop import autocast, to_device
 
     release_memory(device)
     base = current_memory_mb(device)
@@ -184,7 +207,7 @@ def measure(model: Any, frames: int, size: int, video: Path | None, device: torc
         decode_ms = 1000 * (time.perf_counter() - start)
         decode_peak = peak_memory_mb(device)
         with torch.no_grad(), autocast(device, precision):
-            ctx, cost = measure_context(model, batch)
+            ctx, cost = measure_context(model.pipeline, batch)
         decode_ms += 1000 * getattr(batch["pixels"], "decode_seconds", 0.0)
     except Exception as error:  # noqa: BLE001 - only out-of-memory errors are expected here
         if is_oom(error):
@@ -370,11 +393,11 @@ def update_docs(path: Path, name: str, body: str) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vlc-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="a configs/model/ name: tiny | videoxl_7b_random (default tiny)")
-    p.add_argument("--compressors", default=None,
-                   help="comma-separated configs/compressor/ names, each optionally with overrides: "
-                        "vst:ratio=4, or vst:ratio=4;window=160 for several keys "
-                        "(default: every config but chain, plus vst:ratio=4)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides, as train.py and eval.py take them: compressor=NAME starts a variant "
+                        "(compressor=none,pool: one each) and the compressor.KEY=VALUE after it set it; the rest "
+                        "(model=videoxl_7b_random, model.encoder.img_size=64) apply to every variant "
+                        "(default: every compressor config but chain, plus vst at ratio 4, on model=tiny)")
     p.add_argument("--frames", default="16,64,256", help="frame counts (default 16,64,256)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--from-video", dest="from_video", action="store_true", default=True,
@@ -395,21 +418,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on cpu: stable, comparable timings on a shared machine; "
                         "torch's default on cuda)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="a Hydra override of the composed config, e.g. --set model.encoder.img_size=64 (repeatable)")
     p.add_argument("--cache", type=Path, default=None,
                    help="where generated videos are kept (default <data_dir>/bench)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default logs/bench/<time>)")
     p.add_argument("--update-docs", nargs="?", const=REPO_ROOT / "docs" / "benchmarks.md", default=None, type=Path,
                    metavar="PATH", help="write the table into docs/benchmarks.md (or PATH)")
     p.add_argument("--table", default=None, help="name of the docs table (default <model>-<device>[-max-frames])")
-    return p.parse_args(argv)
-
-
-def split_compressors(text: str) -> list[str]:
-    """``none,pool,vst:ratio=4`` → 3 specs; keys of one spec are separated by ';' in the list form
-    (``vst:ratio=4;window=160``) since ',' separates compressors."""
-    return [s.strip().replace(";", ",") for s in text.split(",") if s.strip()]
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -428,14 +443,14 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
     from vlc.run import CONFIG_DIR
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        log.warning("--device cuda: CUDA is not available on this machine; nothing measured")
-        return []
+        raise SystemExit("vlc-bench --device cuda: CUDA is not available on this machine; use --device cpu")
     threads = args.threads or (1 if args.device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(args.device)
     precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
-    specs = split_compressors(args.compressors) if args.compressors else default_compressors(CONFIG_DIR)
+    specs, shared = variants(args.overrides, CONFIG_DIR)
+    model_name = next((o.partition("=")[2] for o in shared if o.startswith("model=")), "tiny")
     frames = parse_frames(args.frames)
     limit_gb = args.mem_limit_gb if args.mem_limit_gb is not None else (4.0 if device.type == "cpu" else None)
     mem_limit_mb = limit_gb * 1024 if (args.max_frames and limit_gb) else None
@@ -447,8 +462,8 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
     rows: list[dict[str, Any]] = []
     maxima: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for spec in specs:
-        cfg = compose(args.model, spec, args.sets, CONFIG_DIR)
+    for spec, own in specs:
+        cfg = compose([*shared, *own], CONFIG_DIR)
         size = args.frame_size or int(cfg.model.encoder.img_size or 224)
         cache = args.cache or _data_dir() / "bench"
         torch.manual_seed(0)
@@ -464,14 +479,14 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
             video = haystack_video(cache, length, size) if args.from_video else None
             reps = [measure(model, n, size, video, device, backend, precision, mem_limit_mb, lazy=args.decode == "lazy")
                     for _ in range(max(1, args.repeats))]
-            row = {"model": args.model, "compressor": spec, "status": "ok", "device": where, **median_row(reps)}
+            row = {"model": model_name, "compressor": spec, "status": "ok", "device": where, **median_row(reps)}
             log.info("%s %5d frames: %6d visual, %6d kv tokens, context %.0f ms, peak %.0f MiB (+%.0f)",
                      spec, n, row["visual_tokens"], row["kv_tokens"], row["context_ms"], row["peak_mem_mb"],
                      row["peak_delta_mb"])
             return row
 
         def oom_row(n: int) -> dict[str, Any]:
-            return {"model": args.model, "compressor": spec, "frames": n, "status": "oom", "device": where}
+            return {"model": model_name, "compressor": spec, "frames": n, "status": "oom", "device": where}
 
         if args.warmup:  # first-call costs (allocator, kernels, lazy modules) are not the compressor's
             video = haystack_video(cache, min(frames), size) if args.from_video else None
@@ -510,7 +525,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
     write_csv(rows, out / "bench.csv")
     command = "vlc-bench " + " ".join(argv if argv is not None else sys.argv[1:])
     source = {"lazy": "decoded lazily from mp4", "eager": "decoded from mp4"}[args.decode] if args.from_video else "random pixels"
-    header = (f"`{command.strip()}` — {args.model}, {source}, "
+    header = (f"`{command.strip()}` — {model_name}, {source}, "
               f"{precision}, measured {stamp[:10]} on {where} in {seconds:.0f} s.")
     body = [header, "", markdown_table(rows)]
     compared = scaling(rows)
@@ -526,7 +541,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> list[dict[str, A
     log.info("%d measurements in %.0f s; wrote %s", len(rows), seconds, out)
     print("\n".join(body))
     if args.update_docs:
-        name = args.table or f"{args.model}-{device.type}" + ("-max-frames" if args.max_frames else "")
+        name = args.table or f"{model_name}-{device.type}" + ("-max-frames" if args.max_frames else "")
         update_docs(args.update_docs, name, "\n".join(body if not maxima else body[:3]))
         log.info("updated %s (table %s)", args.update_docs, name)
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 _CPUINFO = Path("/proc/cpuinfo")
@@ -139,3 +141,22 @@ def measure_context(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
         base_mem_mb=base,
     )
     return ctx, cost
+
+
+def autocast(device: torch.device, precision: str | int = "32-true"):
+    """The autocast context of a Lightning precision string (32-true, bf16-mixed, 16-mixed), for
+    measurements made outside a Trainer (vlc-bench)."""
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"trainer.precision={precision!r}: measurements support {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch on ``device``: tensors, and LazyFrames (lazily decoded pixels decode onto it)."""
+    from vlc.data.video import LazyFrames
+
+    return {k: v.to(device) if isinstance(v, (torch.Tensor, LazyFrames)) else v for k, v in batch.items()}

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from vlc.data.annotations import read_mc_json
 from vlc.data.datamodule import VideoQADataset, collate_video_qa
 from vlc.data.synthetic import ensure_needle_grid
-from vlc.evaluation.loop import COST_KEYS, predict
+from vlc.evaluation.records import COST_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,7 @@ def needle_index(length: int, depth: float) -> int:
     return min(int(length * depth), length - 1)
 
 
-def run_niah(
-    model: Any,
+def niah_loaders(
     root: str | Path,
     lengths: list[int],
     depths: list[float],
@@ -46,35 +44,33 @@ def run_niah(
     seed: int = 0,
     batch_size: int = 1,
     backend: str = "decord",
-    device: torch.device | str = "cpu",
-    precision: str = "32-true",
     lazy: bool = False,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Evaluate ``model`` on every cell; returns ``(cell rows, per-sample records)``.
-
-    The grid's videos come from ``ensure_needle_grid`` under ``root`` (generated once, cached).
-    Each length is its own loader with ``num_frames = N``: every frame of the video is decoded
-    (``lazy``: when the model encodes it, see ``data.lazy_decode``).
-    """
-    device = torch.device(device)
+) -> list[DataLoader]:
+    """One loader per haystack length over the grid's videos (``ensure_needle_grid`` under
+    ``root``: generated once, cached), each with ``num_frames = N`` so every frame of the video is
+    decoded (``lazy``: when the model encodes it, see ``data.lazy_decode``). Evaluate them as any
+    validation loaders (``trainer.validate(model, dataloaders=...)``), then ``annotate``."""
     grid = ensure_needle_grid(root, lengths, depths, num_per_cell=per_cell, size=frame_size, fps=fps, seed=seed)
     samples = read_mc_json(grid)
     by_length: dict[int, list] = defaultdict(list)
     for s in samples:
         by_length[int(s.meta["length"])].append(s)
-    records: list[dict[str, Any]] = []
-    for length in sorted(by_length):
-        dataset = VideoQADataset(by_length[length], num_frames=length, backend=backend, frame_size=frame_size,
-                                 lazy=lazy)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_video_qa)
-        cell_records = predict(model, loader, device, precision)
-        for r in cell_records:
-            r["length"], r["depth"] = int(r["meta"]["length"]), float(r["meta"]["depth"])
-            r["needle_index"] = int(r["meta"]["needle_index"])
-        records += cell_records
-        log.info("niah length %d: accuracy %.3f over %d samples", length,
-                 np.mean([r["correct"] for r in cell_records]), len(cell_records))
-    return cell_rows(records), records
+    return [
+        DataLoader(VideoQADataset(by_length[n], num_frames=n, backend=backend, frame_size=frame_size, lazy=lazy),
+                   batch_size=batch_size, shuffle=False, collate_fn=collate_video_qa)
+        for n in sorted(by_length)
+    ]
+
+
+def annotate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record with its cell (``length``, ``depth``) and ``needle_index``, from its meta."""
+    for r in records:
+        r["length"], r["depth"] = int(r["meta"]["length"]), float(r["meta"]["depth"])
+        r["needle_index"] = int(r["meta"]["needle_index"])
+    for length in sorted({r["length"] for r in records}):
+        cell = [r["correct"] for r in records if r["length"] == length]
+        log.info("niah length %d: accuracy %.3f over %d samples", length, float(np.mean(cell)), len(cell))
+    return records
 
 
 def cell_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

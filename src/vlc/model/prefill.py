@@ -34,16 +34,22 @@ def positions_from_mask(mask: Tensor, start: Tensor | None = None) -> Tensor:
     return pos if start is None else pos + start[:, None]
 
 
-def default_prefill(llm: PreTrainedModel, embeds: Tensor, mask: Tensor, visual_tokens: Tensor) -> Context:
-    """One forward over left-padded ``prefix + visual`` embeds (B, L, D) with mask (B, L)."""
+def default_prefill(
+    llm: PreTrainedModel, embeds: Tensor, mask: Tensor, visual_tokens: Tensor, positions: Tensor | None = None
+) -> Context:
+    """One forward over left-padded ``prefix + visual`` embeds (B, L, D) with mask (B, L).
+
+    positions: None counts real entries (1-D RoPE); M-RoPE models pass (3, B, L), and the text
+    after the context continues from the largest position + 1, as those models number it."""
     out = llm.model(
         inputs_embeds=embeds,
         attention_mask=mask,
-        position_ids=positions_from_mask(mask),
+        position_ids=positions_from_mask(mask) if positions is None else positions,
         past_key_values=DynamicCache(config=llm.config),
         use_cache=True,
     )
-    return Context(out.past_key_values, mask, mask.sum(1), visual_tokens)
+    next_position = mask.sum(1) if positions is None else (positions * mask[None]).amax(dim=(0, 2)) + 1
+    return Context(out.past_key_values, mask, next_position, visual_tokens)
 
 
 def continue_from(

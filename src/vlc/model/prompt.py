@@ -58,7 +58,17 @@ class PromptBuilder:
         self.answer_style, self.show_options = answer_style, show_options or answer_style == "letter"
         self.time_markers, self.time_format = time_markers, time_format
         self.extra_instruction = extra_instruction
+        self.settings = dict(prefix=prefix, question=question, answer=answer, answer_style=answer_style,
+                             show_options=show_options, time_markers=time_markers, time_format=time_format,
+                             extra_instruction=extra_instruction)
         self._marker_cache: dict[str, list[int]] = {}
+
+    def replace(self, **changes) -> PromptBuilder:
+        """The same template with ``changes`` (PromptBuilder arguments) applied."""
+        unknown = sorted(set(changes) - set(self.settings))
+        if unknown:
+            raise ValueError(f"prompt: unknown key(s) {unknown}; the prompt takes {sorted(self.settings)}")
+        return PromptBuilder(self.tok, **{**self.settings, **changes})
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
