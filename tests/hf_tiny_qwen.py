@@ -1,9 +1,8 @@
 """Tiny random Qwen2.5-VL and VideoLLaMA3 checkpoints, saved the way the hub holds them (model +
 processor in one folder), so tests load them through ``build_backbone`` exactly as a user does.
 
-Also the two paths the equality tests compare: vlc's (encode → [compress] → project → [compress] →
-visual_span → one LLM forward over prefix | span | question + answer) and the HF model's own forward
-on the processor's output for the same frames and text.
+Also vlc's side of the equality tests: the user path through ``VideoPipeline`` (the HF side is the
+model's own forward on its processor's output for the same frames and text).
 """
 
 from __future__ import annotations
@@ -25,6 +24,9 @@ from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoP
 from transformers.models.video_llama_3.video_processing_video_llama_3 import VideoLlama3VideoProcessor
 
 from vlc.backbone.tokenizer import build_tiny_tokenizer
+from vlc.compressors.none import Identity
+from vlc.model.pipeline import VideoPipeline
+from vlc.model.prefill import continue_from
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 # Frames up to 112 x 112 keep their size: smart_resize only rounds the sides to multiples of 28.
@@ -103,31 +105,41 @@ def metadata(times: list[float], fps: float) -> dict:
     return {"total_num_frames": len(times), "fps": fps, "frames_indices": [round(t * fps) for t in times]}
 
 
-def vlc_forward(backbone, frames, times, question: str, answer: str, compressor=None, sits: str = "projected"):
-    """vlc's path for one sample: returns (logits (1, L, V), the FrameTokens that reached the span, the
-    span, the text ids before and after it). ``sits``: the compressor runs on "encoder" features, on
-    "projected" ones, or in place of the "projector". Text after an M-RoPE span continues one past
-    its last entry."""
-    frames, times = frames[None], torch.tensor([times])
-    ft, pixels = backbone.encode(frames, torch.ones(times.shape, dtype=torch.bool), times)
-    if compressor is not None and sits == "encoder":
-        ft = compressor(ft, pixels)
-    ft = compressor(ft, pixels) if compressor is not None and sits == "projector" else backbone.project(ft)
-    if compressor is not None and sits == "projected":
-        ft = compressor(ft, pixels)
-    span = backbone.visual_span(ft)
-    prompt = backbone.prompt
-    before = prompt.prefix_ids()
-    after = prompt.encode(prompt.question_text(question, None) + prompt.answer_text(answer, None))
-    embeds = torch.cat([backbone.embed(torch.tensor([before])), span.embeds, backbone.embed(torch.tensor([after]))], 1)
-    S, V, A = len(before), span.embeds.shape[1], len(after)
-    if span.positions is None:
-        position_ids = torch.arange(S + V + A)[None]
-    else:
-        text_start = S + int(span.positions[:, 0, -1].max()) + 1
-        position_ids = torch.cat([
-            torch.arange(S).expand(3, 1, S), S + span.positions, text_start + torch.arange(A).expand(3, 1, A)
-        ], 2)
-    out = backbone.llm(inputs_embeds=embeds, attention_mask=torch.ones(1, S + V + A, dtype=torch.long),
-                       position_ids=position_ids)
-    return out.logits, ft, span, before, after
+def placed(compressor, sits: str):
+    """The compressor run at another place than its class declares ("encoder", "projected", "projector")."""
+    compressor.sits = sits
+    return compressor
+
+
+def vlc_forward(backbone, frames, times, question: str, answer: str, compressor=None):
+    """vlc's path for one sample, through ``VideoPipeline``: encode → compress where the compressor
+    sits → project → visual span → prefill of prefix | span, then the question and answer continued
+    from that context. Returns (logits of the question + answer (1, A, V), the FrameTokens that
+    reached the span, the span, the prefix ids, the question + answer ids)."""
+    pipeline = VideoPipeline(backbone, compressor if compressor is not None else Identity()).eval()
+    batch = dict(pixels=frames[None], frame_mask=torch.ones(1, len(times), dtype=torch.bool),
+                 times=torch.tensor([times]), questions=[question], candidates=[None], answers=[answer])
+    ft = pipeline.visual_tokens(batch["pixels"], batch["frame_mask"], batch["times"], batch)
+    text = backbone.prompt.training_batch([question], [None], [answer])
+    ctx = pipeline.encode_context(batch)
+    logits = continue_from(backbone.llm, ctx, pipeline.embed(text.ids), text.mask)
+    return logits, ft, backbone.visual_span(ft), backbone.prompt.prefix_ids(), text.ids[0].tolist()
+
+
+def videollm_from_config(name: str, path: Path):
+    """``VideoLLM`` built from ``configs/model/<name>.yaml`` as train.py builds it, pointed at ``path``."""
+    from omegaconf import OmegaConf
+
+    from vlc.model.video_llm import VideoLLM
+    from vlc.run import CONFIG_DIR
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=True,
+                                 throw_on_missing=False)
+    cfg["backbone"].update(name_or_path=str(path), dtype="float32", attn_implementation="sdpa")
+    return VideoLLM(**cfg)
+
+
+def batch_of(frames: torch.Tensor, times: list[float], question: str, candidates: list[str], answer: str) -> dict:
+    return dict(pixels=frames[None], frame_mask=torch.ones(1, len(times), dtype=torch.bool),
+                times=torch.tensor([times]), questions=[question], candidates=[candidates], answers=[answer],
+                ids=["v0"], tasks=["needle"])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from hf_tiny_qwen import frames_at, metadata, tiny_qwen2_5_vl, vlc_forward
+from hf_tiny_qwen import batch_of, frames_at, metadata, placed, tiny_qwen2_5_vl, videollm_from_config, vlc_forward
 from vlc.backbone.hf import FAMILIES, build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
@@ -60,56 +61,59 @@ def release_positions(model, inputs):
     return pos
 
 
-@pytest.mark.parametrize("fps, taus", [(1.0, [0, 4, 8, 12]), (2.0, [0, 2, 4, 6]), (4.0, [0, 1, 2, 3])])
-def test_no_compressor_equals_the_hf_forward(checkpoint, hf, fps, taus):
-    """text_after_video=grid reproduces transformers' own positions: the same logits to float rounding
-    (max |Δ| 0.0 measured), 8 tokens per temporal group as the processor counts, τ = g · 2/fps · 2."""
+def test_no_compressor_equals_the_hf_forward(checkpoint, hf):
+    """8 frames at 4 fps (τ 0, 1, 2, 3 ≤ the grid's 4 columns, so transformers' own positions agree with
+    the release's): vlc's logits for the question and answer equal the HF model's own forward on the
+    processor's output (max |Δ| 0.0 measured in fp32), 8 tokens per temporal group as it counts them."""
     model, processor = hf
-    backbone = load(checkpoint, text_after_video="grid")
-    times = [i / fps for i in range(8)]
+    backbone = load(checkpoint)
+    times = [i / 4 for i in range(8)]
     frames = frames_at(times, 56, 112)
     with torch.no_grad():
         logits, ft, span, before, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
-        inputs = hf_inputs(backbone, processor, frames, times, fps)
+        inputs = hf_inputs(backbone, processor, frames, times, 4.0)
         ref = model(**inputs).logits
     assert ft.tokens.shape == (1, 4, 8, 64) and ft.grid == (2, 4)
     assert int(inputs["video_grid_thw"].prod()) // 4 // 4 == 8  # HF: tokens per temporal group
     ids = inputs["input_ids"][0].tolist()
     assert ids[: len(before)] == before and ids[-len(after):] == after
-    assert logits.shape == ref.shape == (1, len(before) + 34 + len(after), 516)
-    assert (logits - ref).abs().max() <= 1e-4
-    assert span.positions[0, 0, 1::8][:4].tolist() == [1 + t for t in taus]
+    assert ref.shape == (1, len(before) + 34 + len(after), 516) and logits.shape == (1, len(after), 516)
+    assert (logits - ref[:, -len(after):]).abs().max() <= 1e-4
+    assert span.positions[:, 0, -1].tolist() == [5, 5, 5]  # = 1 + max(2, 4): both rules
 
 
-def test_release_positions_equal_hf_given_those_positions(checkpoint, hf):
-    """The default (Qwen2.5-VL's release): the video's positions are transformers', the text after it
-    continues at the video's max + 1 = 8 (relative to <|vision_start|>), not at 1 + max(2, 4) = 5."""
+@pytest.mark.parametrize("fps, taus", [(1.0, [0, 4, 8, 12]), (2.0, [0, 2, 4, 6]), (4.0, [0, 1, 2, 3])])
+def test_release_positions_equal_hf_given_those_positions(checkpoint, hf, fps, taus):
+    """Qwen2.5-VL's release numbering: τ = g · 2/fps · 2, text one past the video's largest position.
+    vlc equals the HF forward given those position_ids at every frame rate; where the last group's τ
+    exceeds the grid, transformers 5.x's own numbering (text at 1 + max(2, 4)) gives other logits."""
     model, processor = hf
     backbone = load(checkpoint)
-    frames = frames_at(TIMES, 56, 112)
+    times = [i / fps for i in range(8)]
+    frames = frames_at(times, 56, 112)
     with torch.no_grad():
-        logits, _, span, before, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
-        inputs = hf_inputs(backbone, processor, frames, TIMES, 2.0)
-        ref = model(**inputs, position_ids=release_positions(model, inputs)).logits
-        grid_rule = model(**inputs).logits
+        logits, _, span, _, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
+        inputs = hf_inputs(backbone, processor, frames, times, fps)
+        ref = model(**inputs, position_ids=release_positions(model, inputs)).logits[:, -len(after):]
+        own = model(**inputs).logits[:, -len(after):]
     assert (logits - ref).abs().max() <= 1e-4
-    assert (logits - grid_rule).abs().max() > 1e-3  # the two rules do differ on this prompt
+    assert ((logits - own).abs().max() > 1e-3) == (taus[-1] + 1 > 4)
     pos = span.positions[:, 0]
-    assert pos[:, 0].tolist() == [0, 0, 0] and pos[:, -1].tolist() == [8, 8, 8]
-    assert pos[0, 1:-1].tolist() == [1] * 8 + [3] * 8 + [5] * 8 + [7] * 8
+    assert pos[0, 1::8][:4].tolist() == [1 + t for t in taus]
+    assert pos[:, 0].tolist() == [0, 0, 0] and pos[:, -1].tolist() == [max(taus[-1] + 2, 5)] * 3
     assert pos[1, 1:9].tolist() == [1, 1, 1, 1, 2, 2, 2, 2] and pos[2, 1:9].tolist() == [1, 2, 3, 4] * 2
 
 
 def test_odd_frame_count_repeats_the_last_frame_as_the_processor_does(checkpoint, hf):
     model, processor = hf
-    backbone = load(checkpoint, text_after_video="grid")
+    backbone = load(checkpoint)
     times = [0.0, 0.5, 1.0]
     frames = frames_at(times, 56, 112, seed=3)
     with torch.no_grad():
-        logits, ft, _, _, _ = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
+        logits, ft, _, _, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
         ref = model(**hf_inputs(backbone, processor, frames, times, 2.0)).logits
     assert ft.tokens.shape[:3] == (1, 2, 8) and ft.times.tolist() == [[0.0, 1.0]]
-    assert (logits - ref).abs().max() <= 1e-4
+    assert (logits - ref[:, -len(after):]).abs().max() <= 1e-4
 
 
 def test_encode_layout_counts_and_batch_padding(checkpoint):
@@ -154,7 +158,7 @@ def test_pruned_tokens_keep_their_positions(checkpoint):
     frames = frames_at(TIMES, 56, 112).clone()
     frames[:] = frames[0]
     frames[:, :, :28, :28] = frames_at(TIMES, 28, 28, seed=5)
-    diffp = DifferentialFramePruning(threshold=0.1, pixel_std=backbone.pixel_std)
+    diffp = placed(DifferentialFramePruning(threshold=0.1, pixel_std=backbone.pixel_std), "projected")
     with torch.no_grad():
         _, full, span_full, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
         _, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, compressor=diffp)
@@ -174,7 +178,7 @@ def test_pooled_tokens_sit_on_the_smaller_grid(checkpoint, sits):
     backbone = load(checkpoint)
     frames = frames_at(TIMES, 56, 112)
     with torch.no_grad():
-        logits, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, SpatialPool(2), sits)
+        logits, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, placed(SpatialPool(2), sits))
     assert ft.grid == (1, 2) and ft.token_mask.sum().item() == 8
     pos = span.positions[:, 0]
     assert pos[0].tolist() == [0, 1, 1, 3, 3, 5, 5, 7, 7, 8]
@@ -186,10 +190,9 @@ def test_stc_in_place_of_the_merger(checkpoint):
     """VideoLLaMA2's STC (v35: no padding) as the projector reads the pre-merge patches: 4 temporal
     groups of 4 × 8 → 2 of 2 × 4 at the LLM width, 16 tokens; their τ are the merged groups' times."""
     backbone = load(checkpoint)
-    stc = STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0)
+    stc = placed(STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0), "projector")
     with torch.no_grad():
-        logits, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc,
-                                             "projector")
+        logits, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc)
     assert ft.tokens.shape == (1, 2, 8, 64) and ft.grid == (2, 4) and ft.times.tolist() == [[0.5, 2.5]]
     assert span.positions[0, 0].tolist() == [0] + [1] * 8 + [5] * 8 + [6]
     assert torch.isfinite(logits).all()
@@ -202,12 +205,10 @@ def test_merger_refuses_a_grid_it_cannot_merge(checkpoint):
         backbone.project(SpatialPool(4)(ft))
 
 
-def test_unknown_family_and_option_name_the_choices(checkpoint):
+def test_unknown_family_names_the_choices(checkpoint):
     assert "qwen2_5_vl" in FAMILIES
     with pytest.raises(ValueError, match=r"family='qwen2vl' is unknown; choose one of \[.*'qwen2_5_vl'"):
         build_backbone("qwen2vl", str(checkpoint))
-    with pytest.raises(ValueError, match=r"text_after_video='last'.*\('max', 'grid'\)"):
-        load(checkpoint, text_after_video="last")
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
@@ -218,7 +219,7 @@ def test_model_configs_hold_options_the_backbone_takes(checkpoint, name):
     assert options.pop("family") == "qwen2_5_vl" and options.pop("name_or_path").startswith("Qwen/Qwen2.5-VL-")
     options.update(dtype="float32", attn_implementation="sdpa")
     backbone = build_backbone("qwen2_5_vl", str(checkpoint), **options)
-    assert backbone.text_after_video == "max" and cfg["freeze"]["encoder"] is True
+    assert backbone.tokens_per_frame == 64 and cfg["freeze"]["encoder"] is True
 
 
 def test_pixel_bounds_override_the_processor(checkpoint):
@@ -228,3 +229,26 @@ def test_pixel_bounds_override_the_processor(checkpoint):
     frames, mask, times = frames_at(TIMES, 56, 112)[None], torch.ones(1, 8, dtype=torch.bool), torch.tensor([TIMES])
     ft, pixels = backbone.encode(frames, mask, times)
     assert ft.grid == (2, 4) and pixels.shape[-2:] == (28, 56)
+
+
+def test_the_model_config_trains_and_evaluates_through_videollm(checkpoint):
+    """configs/model/qwen2_5_vl_3b.yaml as train.py builds it: the vision tower frozen, the projector not,
+    every vision and decoder block checkpointed; the one-pass training loss (used with checkpointing)
+    equals context + continuation; evaluation scores the options over 2 temporal groups of 8 tokens."""
+    model = videollm_from_config("qwen2_5_vl_3b", checkpoint)
+    assert not any(p.requires_grad for p in model.backbone.encoder.parameters())
+    assert all(p.requires_grad for p in model.backbone.projector.parameters())
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(blocks) == 4 and all(m.gradient_checkpointing for m in blocks)  # 2 vision + 2 decoder blocks
+    times = TIMES[:4]
+    batch = batch_of(frames_at(times, 56, 112), times, QUESTION, ["red", "blue"], ANSWER)
+    model.train()
+    loss = model(batch)
+    loss.backward()
+    assert model.backbone.projector.mlp[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        two_pass = model.pipeline.loss(batch)
+        record = model.pipeline.evaluate(batch)[0]
+    assert abs(float(loss) - float(two_pass)) <= 1e-5
+    assert record["visual_tokens"] == 16 and len(record["scores"]) == 2

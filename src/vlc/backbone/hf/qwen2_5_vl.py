@@ -22,10 +22,10 @@ Positions of compressed tokens (docs/mrope.md): a kept token keeps its (τ, row,
 its group's time and its cell on the grid FrameTokens holds when it reaches ``visual_span`` (a pooled
 grid is a smaller grid, as Qwen would see a smaller frame; grid None lays the tokens out as one row).
 
-Text after the video: Qwen2.5-VL's release (and vLLM) continues one past the largest position of the
-video (``text_after_video: max``, the default); transformers 5.x's ``get_rope_index`` continues at
-s + max(h/2, w/2), which ignores the temporal extent (``text_after_video: grid`` reproduces it). Either
-way the text continues one past the position of the span's last entry, ``<|vision_end|>``.
+Text after the video continues one past the largest position of the video, as Qwen2.5-VL's release
+(and vLLM) number it: ``<|vision_end|>`` there, then the text. transformers 5.x's ``get_rope_index``
+continues at s + max(h/2, w/2) instead, which ignores the temporal extent; the two agree whenever
+τ of the last group ≤ max(h/2, w/2) − 1 (docs/mrope.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from vlc.backbone.llm import DTYPES, resolve_attn_implementation
 from vlc.model.prompt import PromptBuilder
 from vlc.tokens import FrameTokens
 
-TEXT_AFTER_VIDEO = ("max", "grid")
 # Qwen2.5-VL's chat template for one user turn holding a video then the question.
 PROMPT = dict(
     prefix="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
@@ -71,8 +70,9 @@ class LanguageModel(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each decoder layer in backward (the language model's own switch)."""
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
 
     def forward(
         self,
@@ -108,6 +108,11 @@ class VisionTower(nn.Module):
         super().__init__()
         self.patch_embed, self.rotary_pos_emb, self.blocks = visual.patch_embed, visual.rotary_pos_emb, visual.blocks
         self.config = visual.config
+        # The tower's own checkpointing switch: it flags these same blocks (the tower is not a submodule).
+        self._checkpointing_enable = visual.activation_checkpointing_enable
+
+    def set_grad_checkpointing(self) -> None:
+        self._checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """(P, 3·2·14·14) processor patches of all videos, (V, 3) grids → (P, vision_dim), same order."""
@@ -138,7 +143,6 @@ class Qwen25VLBackbone(Backbone):
     """Qwen2.5-VL as a vlc Backbone (module docstring). ``encoder`` is the tower without the merger,
     ``projector`` the merger, ``llm`` the language model with its head; all share the HF weights.
 
-    text_after_video: "max" (Qwen2.5-VL's release) or "grid" (transformers 5.x); see the module docstring.
     frame_size:       the (height, width) ``tokens_per_frame`` is quoted for (frames of other sizes work).
     prompt:           PromptBuilder settings over the chat template's prefix/question/answer.
     """
@@ -147,15 +151,10 @@ class Qwen25VLBackbone(Backbone):
         self,
         model: Qwen2_5_VLForConditionalGeneration,
         processor,
-        text_after_video: str = "max",
         frame_size: Sequence[int] = (448, 448),
         prompt: dict | None = None,
     ) -> None:
         super().__init__()
-        if text_after_video not in TEXT_AFTER_VIDEO:
-            raise ValueError(
-                f"model.backbone.text_after_video={text_after_video!r} (qwen2_5_vl); choose one of {TEXT_AFTER_VIDEO}"
-            )
         cfg = model.config
         visual = model.model.visual
         self.encoder = VisionTower(visual)
@@ -166,7 +165,6 @@ class Qwen25VLBackbone(Backbone):
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.text_after_video = text_after_video
         vcfg = cfg.vision_config
         self.merge, self.temporal_patch = vcfg.spatial_merge_size, vcfg.temporal_patch_size
         self.tokens_per_second = float(vcfg.tokens_per_second)
@@ -175,6 +173,10 @@ class Qwen25VLBackbone(Backbone):
         self.pixel_std = tuple(float(s) for s in self.video_processor.image_std)
         self.tokens_per_frame = self.patches_per_group(*frame_size)
         self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
+
+    def set_grad_checkpointing(self) -> None:
+        super().set_grad_checkpointing()
+        self.encoder.set_grad_checkpointing()
 
     def patches_per_group(self, height: int, width: int) -> int:
         """Pre-merge patches ``encode`` gives one temporal group of (height, width) frames (÷4 reach the LLM)."""
@@ -256,10 +258,7 @@ class Qwen25VLBackbone(Backbone):
         for b in range(B):
             t_idx, n_idx = ft.token_mask[b].nonzero(as_tuple=True)  # group-major, raster within a group
             video = 1 + torch.stack([tau[b, t_idx], rows[n_idx], cols[n_idx]])  # (3, n_b)
-            if self.text_after_video == "max":
-                end = int(video.max()) + 1 if video.numel() else 1
-            else:  # transformers 5.x: the spatial extent of the grid only
-                end = 1 + max(h, w)
+            end = int(video.max()) + 1 if video.numel() else 1  # one past the video's largest position
             ends = video.new_tensor([[0], [end]]).expand(2, 3).T  # (3, 2): <|vision_start|>, <|vision_end|>
             poss.append(torch.cat([ends[:, :1], video, ends[:, 1:]], 1))
             seqs.append(torch.cat([marks[:1], ft.tokens[b][ft.token_mask[b]], marks[1:]]))
@@ -276,7 +275,6 @@ def build(
     name_or_path: str,
     dtype: str = "bfloat16",
     attn_implementation: str = "auto",
-    text_after_video: str = "max",
     frame_size: Sequence[int] = (448, 448),
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -296,4 +294,4 @@ def build(
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
     processor.video_processor.size = type(processor.video_processor.size)(**size)
-    return Qwen25VLBackbone(model, processor, text_after_video, frame_size, prompt)
+    return Qwen25VLBackbone(model, processor, frame_size, prompt)

@@ -76,6 +76,10 @@ class VideoLLaMA3Backbone(Backbone):
         self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
         self._marker_ids: dict[str, list[int]] = {}
 
+    def set_grad_checkpointing(self) -> None:
+        super().set_grad_checkpointing()
+        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
     def tokens_per_video_frame(self, num_frames: int, height: int, width: int) -> int:
         """LLM tokens per frame of a ``num_frames`` video of (height, width) frames, before any pruning."""
         patches = self.video_processor.get_num_of_video_patches(num_frames, int(height), int(width), {})
