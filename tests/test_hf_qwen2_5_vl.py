@@ -121,6 +121,7 @@ def test_encode_layout_counts_and_batch_padding(checkpoint):
     masked, its real groups equal its own encode; group pixels are the pair's mean at 56 × 112."""
     backbone = load(checkpoint)
     assert backbone.tokens_per_frame == 8 * 8  # 448 x 448 frames, capped at 112 x 112 px by the tiny processor
+    assert backbone.llm_tokens_per_frame == 8  # 16 merged tokens per group of 2 frames
     assert backbone.patches_per_group(56, 112) == 32 and backbone.vision_dim == 32 and backbone.hidden_size == 64
     frames = torch.stack([frames_at(TIMES, 56, 112, seed=1), frames_at(TIMES, 56, 112, seed=2)])
     mask = torch.ones(2, 8, dtype=torch.bool)
@@ -186,6 +187,16 @@ def test_pooled_tokens_sit_on_the_smaller_grid(checkpoint, sits):
     assert torch.isfinite(logits).all()
 
 
+def test_a_streamed_chunk_but_the_last_leaves_the_video_open(checkpoint):
+    """closing=False (a streamed chunk but the last): no <|vision_end|>, the same 33 entries before it."""
+    backbone = load(checkpoint)
+    with torch.no_grad():
+        _, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER)
+        open_span = backbone.visual_span(ft, closing=False)
+    assert open_span.embeds.shape[1] == 33 and torch.equal(open_span.positions, span.positions[:, :, :33])
+    torch.testing.assert_close(open_span.embeds, span.embeds[:, :33])
+
+
 def test_stc_in_place_of_the_merger(checkpoint):
     """VideoLLaMA2's STC (v35: no padding) as the projector reads the pre-merge patches: 4 temporal
     groups of 4 × 8 → 2 of 2 × 4 at the LLM width, 16 tokens; their τ are the merged groups' times."""
@@ -207,7 +218,7 @@ def test_merger_refuses_a_grid_it_cannot_merge(checkpoint):
 
 def test_unknown_family_names_the_choices(checkpoint):
     assert "qwen2_5_vl" in FAMILIES
-    with pytest.raises(ValueError, match=r"family='qwen2vl' is unknown; choose one of \[.*'qwen2_5_vl'"):
+    with pytest.raises(ValueError, match=r"family='qwen2vl' is not a known family; choose one of \[.*'qwen2_5_vl'"):
         build_backbone("qwen2vl", str(checkpoint))
 
 

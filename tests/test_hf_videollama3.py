@@ -160,7 +160,7 @@ def test_vst_without_compression_equals_the_plain_forward(checkpoint):
 
 def test_batch_of_videos_equals_each_alone_and_counts_tokens(checkpoint):
     backbone = load(checkpoint)
-    assert backbone.tokens_per_frame == 4  # 180 frames of 448 x 448 under the tiny processor's budget
+    assert backbone.tokens_per_frame == backbone.llm_tokens_per_frame == 4  # 180 frames of 448 x 448, tiny budget
     assert backbone.tokens_per_video_frame(4, 56, 112) == 8
     frames = torch.stack([frames_at(TIMES, 56, 112, seed=1), frames_at(TIMES, 56, 112, seed=2)])
     mask, times = torch.ones(2, 4, dtype=torch.bool), torch.tensor([TIMES, TIMES])

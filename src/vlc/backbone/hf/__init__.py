@@ -1,25 +1,47 @@
-"""Pretrained video LLMs through transformers' own classes and processors.
+"""Pretrained video LLMs as vlc Backbones, loaded through transformers' own classes.
 
-``build_backbone(family, name_or_path, ...)`` looks the family up in ``FAMILIES`` and loads the
-checkpoint (a hub name or a local folder) with ``from_pretrained``; never ``trust_remote_code``.
+A model config names a family and a checkpoint, never code (a checkpoint must not pick what runs)::
+
+    backbone:
+      family: qwen2_5_vl
+      name_or_path: Qwen/Qwen2.5-VL-7B-Instruct   # hub name or local folder
+      dtype: bfloat16
+      attn_implementation: auto
+
+``FAMILIES`` maps a family to "module:Class"; the module is imported only when the family is built,
+so importing vlc never imports every model's code. Each class has
+``from_pretrained(name_or_path, dtype, attn_implementation, **options)``. docs/models.md describes
+each family's layout and which compressors run on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from vlc.backbone.base import Backbone
-from vlc.backbone.hf import qwen2_5_vl, videollama3
 
-FAMILIES: dict[str, Callable[..., Backbone]] = {
-    "qwen2_5_vl": qwen2_5_vl.build,
-    "videollama3": videollama3.build,
+FAMILIES: dict[str, str] = {
+    "qwen2_5_vl": "vlc.backbone.hf.qwen2_5_vl:Qwen25VLBackbone",
+    "videollama3": "vlc.backbone.hf.videollama3:VideoLLaMA3Backbone",
 }
 
 
-def build_backbone(
-    family: str, name_or_path: str, dtype: str = "bfloat16", attn_implementation: str = "auto", **options
-) -> Backbone:
+def family_class(family: str) -> type[Backbone]:
     if family not in FAMILIES:
-        raise ValueError(f"model.backbone.family={family!r} is unknown; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[family](name_or_path, dtype=dtype, attn_implementation=attn_implementation, **options)
+        raise ValueError(f"backbone.family={family!r} is not a known family; choose one of {sorted(FAMILIES)}")
+    module, name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_backbone(
+    family: str,
+    name_or_path: str,
+    dtype: str = "bfloat16",
+    attn_implementation: str = "auto",
+    **options,
+) -> Backbone:
+    """Load ``name_or_path`` (hub name or local folder) as the ``family``'s Backbone. ``options`` are
+    the family's own settings (e.g. ``frame_size``); an unknown one is an error."""
+    return family_class(family).from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation, **options
+    )

@@ -174,9 +174,38 @@ class Qwen25VLBackbone(Backbone):
         self.tokens_per_frame = self.patches_per_group(*frame_size)
         self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        dtype: str = "bfloat16",
+        attn_implementation: str = "auto",
+        frame_size: Sequence[int] = (448, 448),
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        prompt: dict | None = None,
+    ) -> Qwen25VLBackbone:
+        """A Qwen2.5-VL checkpoint (hub name or local folder) and its processor. ``min_pixels`` /
+        ``max_pixels`` override the video processor's per-frame pixel bounds (its ``size``)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
+        )
+        processor = AutoProcessor.from_pretrained(name_or_path)
+        size = processor.video_processor.size
+        bounds = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        processor.video_processor.size = type(size)(**{**dict(size), **{k: int(v) for k, v in bounds.items() if v}})
+        return cls(model.eval(), processor, frame_size, prompt)
+
     def set_grad_checkpointing(self) -> None:
         super().set_grad_checkpointing()
         self.encoder.set_grad_checkpointing()
+
+    @property
+    def llm_tokens_per_frame(self) -> int:
+        """LLM tokens per input frame at ``frame_size`` with no compressor (a group's tokens over 2 frames)."""
+        return self.tokens_per_frame // self.merge**2 // self.temporal_patch
 
     def patches_per_group(self, height: int, width: int) -> int:
         """Pre-merge patches ``encode`` gives one temporal group of (height, width) frames (÷4 reach the LLM)."""
@@ -244,9 +273,10 @@ class Qwen25VLBackbone(Backbone):
         tau = torch.floor((times.double() - t0) * self.tokens_per_second + TIME_TOLERANCE)
         return tau.clamp(min=0).long()
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
         """``<|vision_start|>`` kept tokens (group-major, raster within a group) ``<|vision_end|>``, with
-        positions (3, B, L) counted from 0 at ``<|vision_start|>``."""
+        positions (3, B, L) counted from 0 at ``<|vision_start|>``; ``closing=False`` leaves out
+        ``<|vision_end|>``."""
         B, T, N, D = ft.tokens.shape
         h, w = ft.grid if ft.grid is not None else (1, N)
         device = ft.tokens.device
@@ -260,8 +290,9 @@ class Qwen25VLBackbone(Backbone):
             video = 1 + torch.stack([tau[b, t_idx], rows[n_idx], cols[n_idx]])  # (3, n_b)
             end = int(video.max()) + 1 if video.numel() else 1  # one past the video's largest position
             ends = video.new_tensor([[0], [end]]).expand(2, 3).T  # (3, 2): <|vision_start|>, <|vision_end|>
-            poss.append(torch.cat([ends[:, :1], video, ends[:, 1:]], 1))
-            seqs.append(torch.cat([marks[:1], ft.tokens[b][ft.token_mask[b]], marks[1:]]))
+            last = 2 if closing else 1
+            poss.append(torch.cat([ends[:, :1], video, ends[:, 1:last]], 1))
+            seqs.append(torch.cat([marks[:1], ft.tokens[b][ft.token_mask[b]], marks[1:last]]))
         L = max(s.shape[0] for s in seqs)
         embeds = ft.tokens.new_zeros(B, L, D)
         mask = torch.zeros(B, L, dtype=torch.long, device=device)
@@ -269,29 +300,3 @@ class Qwen25VLBackbone(Backbone):
         for b, (s, pos) in enumerate(zip(seqs, poss)):
             embeds[b, : s.shape[0]], mask[b, : s.shape[0]], positions[:, b, : s.shape[0]] = s, 1, pos
         return VisualSpan(embeds, mask, positions)
-
-
-def build(
-    name_or_path: str,
-    dtype: str = "bfloat16",
-    attn_implementation: str = "auto",
-    frame_size: Sequence[int] = (448, 448),
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    prompt: dict | None = None,
-) -> Qwen25VLBackbone:
-    """Load a Qwen2.5-VL checkpoint (hub name or local folder) and its processor. ``min_pixels`` /
-    ``max_pixels`` override the video processor's per-frame pixel bounds (its ``size``)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
-    )
-    processor = AutoProcessor.from_pretrained(name_or_path)
-    size = dict(processor.video_processor.size)
-    if min_pixels is not None:
-        size["shortest_edge"] = int(min_pixels)
-    if max_pixels is not None:
-        size["longest_edge"] = int(max_pixels)
-    processor.video_processor.size = type(processor.video_processor.size)(**size)
-    return Qwen25VLBackbone(model, processor, frame_size, prompt)

@@ -76,6 +76,29 @@ class VideoLLaMA3Backbone(Backbone):
         self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
         self._marker_ids: dict[str, list[int]] = {}
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        dtype: str = "bfloat16",
+        attn_implementation: str = "auto",
+        frame_size: Sequence[int] = (448, 448),
+        num_frames: int = 180,
+        prompt: dict | None = None,
+    ) -> VideoLLaMA3Backbone:
+        """A VideoLLaMA3 checkpoint in transformers' format (hub name or local folder) and its processor."""
+        if dtype not in DTYPES:
+            raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        model = VideoLlama3ForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
+        )
+        return cls(model.eval(), AutoProcessor.from_pretrained(name_or_path), frame_size, num_frames, prompt)
+
+    @property
+    def llm_tokens_per_frame(self) -> int:
+        """LLM tokens per frame with no compressor (the same as ``tokens_per_frame``: no merge after encode)."""
+        return self.tokens_per_frame
+
     def set_grad_checkpointing(self) -> None:
         super().set_grad_checkpointing()
         self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -122,9 +145,10 @@ class VideoLLaMA3Backbone(Backbone):
             self._marker_ids[text] = self.tokenizer(text, add_special_tokens=False).input_ids
         return self._marker_ids[text]
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
         """``Time 0.0s:`` frame 0's kept tokens ``,Time 1.0s:`` frame 1's … over the frames with a kept
-        token (a frame a compressor dropped whole loses its marker too); 1-D positions."""
+        token (a frame a compressor dropped whole loses its marker too); 1-D positions. Nothing
+        follows the last frame, so ``closing`` changes nothing."""
         B, T, N, D = ft.tokens.shape
         kept = ft.frame_mask
         seqs = []
@@ -143,20 +167,3 @@ class VideoLLaMA3Backbone(Backbone):
         for b, s in enumerate(seqs):
             embeds[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
         return VisualSpan(embeds, mask)
-
-
-def build(
-    name_or_path: str,
-    dtype: str = "bfloat16",
-    attn_implementation: str = "auto",
-    frame_size: Sequence[int] = (448, 448),
-    num_frames: int = 180,
-    prompt: dict | None = None,
-) -> VideoLLaMA3Backbone:
-    """Load a VideoLLaMA3 checkpoint in transformers' format (hub name or local folder) and its processor."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
-    model = VideoLlama3ForConditionalGeneration.from_pretrained(
-        name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
-    )
-    return VideoLLaMA3Backbone(model, AutoProcessor.from_pretrained(name_or_path), frame_size, num_frames, prompt)
