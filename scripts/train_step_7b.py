@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        tokens_per_frame=model.encoder.tokens_per_frame,
+        tokens_per_frame=model.backbone.encoder.tokens_per_frame,
         visual_tokens=int(ctx.visual_tokens[0]), kv_tokens=int(ctx.attention_mask.sum()),
         losses=[round(x, 5) for x in timer.losses], step_seconds=[round(x, 3) for x in timer.seconds],
         build_seconds=round(build_seconds, 1),

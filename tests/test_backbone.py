@@ -95,8 +95,8 @@ def test_videollm_loaded_from_saved_parts_equals_in_memory(cfg_factory, tmp_path
     cfg = cfg_factory(["~data"])
     torch.manual_seed(0)
     mem = build_model(cfg).eval()
-    mem.llm.save_pretrained(tmp_path / "llm")
-    mem.tokenizer.save_pretrained(tmp_path / "llm")
+    mem.backbone.llm.save_pretrained(tmp_path / "llm")
+    mem.backbone.tokenizer.save_pretrained(tmp_path / "llm")
     save_file({k: v.contiguous() for k, v in mem.backbone.encoder.model.state_dict().items()}, str(tmp_path / "vit.safetensors"))
     hp = dict(mem.hparams)
     hp["encoder"] = {**hp["encoder"], "checkpoint_path": str(tmp_path / "vit.safetensors")}

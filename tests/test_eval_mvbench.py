@@ -143,7 +143,7 @@ def test_eval_prompt_applies_over_a_checkpoints_prompt(cfg_factory, tmp_path):
                 "pytorch-lightning_version": L.__version__}, ckpt)
     cfg = compose_config("eval", [f"ckpt_path={ckpt}", "prompt.answer_style=letter"], tmp_path / "eval")
     loaded = load_eval_model(cfg)
-    assert loaded.prompt.answer_style == "letter"
-    assert loaded.prompt.time_markers is True  # the checkpoint's, kept where the eval prompt is null
+    assert loaded.pipeline.prompt.answer_style == "letter"
+    assert loaded.pipeline.prompt.time_markers is True  # the checkpoint's, kept where the eval prompt is null
     cfg = compose_config("eval", [f"ckpt_path={ckpt}"], tmp_path / "eval2")
-    assert load_eval_model(cfg).prompt.answer_style == "text"
+    assert load_eval_model(cfg).pipeline.prompt.answer_style == "text"

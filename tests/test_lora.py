@@ -32,16 +32,16 @@ def test_lora_trains_exactly_r_times_in_plus_out_per_projection(cfg_factory):
     plain = _model(cfg_factory)
     lora = _model(cfg_factory, "model.lora.enabled=true", "model.lora.r=8")
     # tiny.yaml: hidden 128, 4 heads of 32, 2 KV heads → k/v project 128 → 64; 2 layers.
-    c = lora.llm.config
+    c = lora.backbone.llm.config
     hidden, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
     assert (hidden, kv, c.num_hidden_layers) == (128, 64, 2)
     per_layer = 8 * ((hidden + hidden) + (hidden + kv) + (hidden + kv) + (hidden + hidden))  # q, k, v, o
     assert per_layer == 7168
-    assert _trainable(lora.llm) == 2 * per_layer == 14336
-    assert sum(p.numel() for p in lora.llm.parameters()) == sum(p.numel() for p in plain.llm.parameters()) + 14336
+    assert _trainable(lora.backbone.llm) == 2 * per_layer == 14336
+    assert sum(p.numel() for p in lora.backbone.llm.parameters()) == sum(p.numel() for p in plain.backbone.llm.parameters()) + 14336
     for name in ("encoder", "projector", "compressor"):  # the other components are as they were
-        assert _trainable(getattr(lora, name)) == _trainable(getattr(plain, name))
-    names = {n for n, p in lora.llm.named_parameters() if p.requires_grad}
+        assert _trainable(lora.component(name)) == _trainable(plain.component(name))
+    names = {n for n, p in lora.backbone.llm.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     groups = {g["name"]: sum(p.numel() for p in g["params"]) for g in lora.param_groups()}
     assert groups["llm"] == 14336
@@ -50,8 +50,8 @@ def test_lora_trains_exactly_r_times_in_plus_out_per_projection(cfg_factory):
 def test_lora_keeps_the_hf_model_and_starts_as_the_base_model(cfg_factory):
     plain = _model(cfg_factory).eval()
     lora = _model(cfg_factory, "model.lora.enabled=true").eval()
-    assert type(lora.llm) is Qwen2ForCausalLM  # injected in place, no PeftModel wrapper
-    assert type(lora.llm.model.layers[0].self_attn.q_proj).__name__ == "Linear"  # peft's LoRA Linear
+    assert type(lora.backbone.llm) is Qwen2ForCausalLM  # injected in place, no PeftModel wrapper
+    assert type(lora.backbone.llm.model.layers[0].self_attn.q_proj).__name__ == "Linear"  # peft's LoRA Linear
     batch = fake_batch()
     with torch.no_grad():  # B starts at zero: the adapted model is the base model
         torch.testing.assert_close(lora(batch), plain(batch))

@@ -148,11 +148,12 @@ def test_uncompressed_phase_bypasses_any_compressor_in_training_only(cfg_factory
     b = fake_batch(B=1, T=4)
     m.train()  # no trainer attached: global_step is 0, inside the phase
     with torch.no_grad():
-        assert m.pipeline.encode_context(b).visual_tokens.tolist() == [4 * 16]
+        assert m.compressing is False
+        assert m.pipeline.encode_context(b, compress=m.compressing).visual_tokens.tolist() == [4 * 16]
     m.eval()
     with torch.no_grad():
-        assert m.pipeline.encode_context(b).visual_tokens.tolist() == [4 * 4]
+        assert m.pipeline.encode_context(b, compress=m.compressing).visual_tokens.tolist() == [4 * 4]
     m = _model(cfg_factory, "compressor=pool")  # default 0: compressed from the first step
     m.train()
     with torch.no_grad():
-        assert m.pipeline.encode_context(b).visual_tokens.tolist() == [4 * 4]
+        assert m.pipeline.encode_context(b, compress=m.compressing).visual_tokens.tolist() == [4 * 4]

@@ -294,10 +294,11 @@ def _check_compressor(node: Mapping, facts: dict[str, int]) -> list[str]:
         return [f"compressor._target_={target}: {error}; the compressor group's choices are "
                 f"{', '.join(_group_options('compressor'))}"]
     width = facts.get("llm_dim" if cls.sits == "projected" else "dim", ANY_WIDTH)
+    extra = dict(out_dim=facts.get("llm_dim", ANY_WIDTH)) if cls.sits == "projector" else {}
     try:
         with torch.device("meta"):
-            build_compressor(dict(node), dim=width, out_dim=facts.get("llm_dim", ANY_WIDTH), pixel_std=(0.5,) * 3,
-                             question_dim=facts.get("llm_dim", ANY_WIDTH))
+            build_compressor(dict(node), dim=width, pixel_std=(0.5,) * 3, question_dim=facts.get("llm_dim", ANY_WIDTH),
+                             **extra)
     except (ValueError, TypeError) as error:
         return [str(error)]
     problems = []

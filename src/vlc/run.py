@@ -180,10 +180,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     extra["checkpoint"] = best
-    skipped = getattr(datamodule, "skipped", None)
-    if skipped is not None:  # videos replaced under data.on_error=skip: counted, never silent
-        extra["data/skipped"] = len(skipped)
-        extra["data/skipped_files"] = sorted(skipped)[:100]
+    extra.update(skip_report(datamodule))
     metrics = summarize_run(cfg, model, val_metrics, extra)
     if cfg.get("test") and getattr(datamodule, "has_test", False):
         (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -193,6 +190,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}))
         log.info("wrote %s", path)
     return metrics
+
+
+def skip_report(datamodule: Any) -> dict[str, Any]:
+    """Unreadable videos under data.on_error=skip (training: replaced; evaluation: left out):
+    counted and named in metrics.json, never silent."""
+    skipped = getattr(datamodule, "skipped", None)
+    if skipped is None:
+        return {}
+    return {"data/skipped": len(skipped), "data/skipped_files": sorted(skipped)[:100]}
 
 
 def load_eval_model(cfg: DictConfig) -> VideoLLM:
@@ -290,6 +296,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         records = model.predictions
         stage_metrics = summarize(records, prefix=split)
         extra["split"] = split
+        extra.update(skip_report(datamodule))
     else:
         raise ValueError(f"mode={mode!r}; choose eval or niah")
     extra["eval_seconds"] = round(time.perf_counter() - start, 2)

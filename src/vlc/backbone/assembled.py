@@ -42,7 +42,7 @@ class AssembledBackbone(Backbone):
     def project(self, ft: FrameTokens) -> FrameTokens:
         return ft.replace(tokens=self.projector(ft.tokens))  # (B, T, N, Dv) → (B, T, N, D)
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:  # nothing closes a video here
         embeds, mask = self.prompt.visual_span(ft.tokens, ft, self.llm.get_input_embeddings())
         return VisualSpan(embeds, mask)
 

@@ -19,7 +19,9 @@ from that cache. A compressor that sits on "projector" replaces ``project``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from torch import Tensor, nn
 
@@ -56,6 +58,9 @@ class Backbone(nn.Module):
     hidden_size:      the LLM width (``project``'s output).
     tokens_per_frame: tokens per frame out of ``encode``.
     pixel_std:        the per-channel std ``encode`` normalised the pixels with.
+    pretrained_compressor_state: a released checkpoint's own weights for a compressor, by the
+                      ``_target_`` that builds it (Video-XL's beacons for vst); the model loads them
+                      after ``bind``. Empty for most backbones.
     """
 
     tokenizer: object
@@ -65,6 +70,7 @@ class Backbone(nn.Module):
     hidden_size: int
     tokens_per_frame: int
     pixel_std: tuple[float, float, float]
+    pretrained_compressor_state: Mapping[str, Mapping[str, Tensor]] = MappingProxyType({})
 
     def encode(self, pixels: Tensor, frame_mask: Tensor, times: Tensor) -> tuple[FrameTokens, Tensor]:
         """uint8 frames (B, T, 3, H, W) → (FrameTokens (B, T, N, vision_dim), normalised pixels
@@ -76,8 +82,10 @@ class Backbone(nn.Module):
         model itself does after it (LLaVA-OneVision's 2×2 bilinear pool)."""
         raise NotImplementedError
 
-    def visual_span(self, ft: FrameTokens) -> VisualSpan:
-        """Projected FrameTokens → the visual span in the model's native layout."""
+    def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
+        """Projected FrameTokens → the visual span in the model's native layout. ``closing=False``
+        leaves out what the model writes once after the whole video (LLaVA-OneVision's newline):
+        a streamed video's chunks but the last."""
         raise NotImplementedError
 
     def set_grad_checkpointing(self) -> None:

@@ -204,13 +204,15 @@ def compressor_class(target: str) -> type:
     return cls
 
 
-def build_compressor(cfg: Mapping | DictConfig | nn.Module | None, **facts: Any) -> Compressor:
+def build_compressor(cfg: Mapping | DictConfig | nn.Module | None, dim: int | None = None, **facts: Any) -> Compressor:
     """A compressor from its config (``_target_`` + settings; ``_partial_`` is accepted and
     ignored), given what the backbone knows: ``facts`` (``dim``, ``out_dim``, ``pixel_std``,
     ``question_dim``) go to constructors that take them and the config did not set. Nested
     configs are not instantiated here (``chain`` builds its stages through this function)."""
     from vlc.compressors.none import Identity
 
+    if dim is not None:
+        facts["dim"] = dim
     if cfg is None:
         return Identity()
     if isinstance(cfg, nn.Module):

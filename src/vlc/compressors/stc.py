@@ -183,3 +183,15 @@ class STCConnector(Compressor):
         src = torch.minimum(t2[None], (n[:, None] - 1).clamp(min=0))  # (B, T2)
         keep = t2[None] < (-(-n // kt) * kt)[:, None]  # (B, T2)
         return src, keep
+
+
+class STCProjector(STCConnector):
+    """VideoLLaMA2's own placement (``compressor=stc_projector``): the STC connector *is* the
+    projector. It reads the encoder's features and writes the LLM's width (``out_dim``, which the
+    model passes), with its stages at the LLM width as VideoLLaMA2 runs them; the backbone's own
+    projector is not used."""
+
+    sits = "projector"
+
+    def __init__(self, dim: int, out_dim: int, hidden: int | None = None, **settings) -> None:
+        super().__init__(dim, hidden=hidden or out_dim, out_dim=out_dim, **settings)

@@ -50,7 +50,9 @@ class VideoQADataset(Dataset):
     "question", "answer", "candidates", "task", "meta", "skipped"}``.
 
     ``on_error="raise"`` lets the ``VideoReadError`` (which names the file) through.
-    ``on_error="skip"`` serves the next readable sample instead, logs a warning naming the file
+    ``on_error="skip"`` with ``substitute`` (training) serves the next readable sample instead;
+    without it (evaluation) the item is returned as skipped — ``frames`` None, left out of the
+    batch by ``collate_video_qa`` — so it is never scored, and never twice. Either way it logs a warning naming the file
     and the cause (once per file), and raises ``SkipLimitError`` once more than
     ``max_skip_fraction`` of the dataset has failed: a few broken files in a large crawl are
     normal, a broken dataset is not. Every item carries ``"skipped"``: ``(split, id, video, cause)``
@@ -79,6 +81,7 @@ class VideoQADataset(Dataset):
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         split: str = "",
         lazy: bool = False,
+        substitute: bool = True,
     ) -> None:
         if (num_frames is None) == (fps is None):
             raise ValueError(
@@ -97,6 +100,7 @@ class VideoQADataset(Dataset):
         self.frame_transform = frame_transform
         self.split = split
         self.lazy = bool(lazy)
+        self.substitute = bool(substitute)
         self.num_skips = 0  # times a failing sample was replaced by another
         self.failed: dict[int, str] = {}  # index → cause; a known-bad file is not decoded again
 
@@ -106,6 +110,16 @@ class VideoQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_error == "raise":
             return {**self._load(index), "skipped": []}
+        if not self.substitute:
+            if index not in self.failed:
+                try:
+                    return {**self._load(index), "skipped": []}
+                except VideoReadError as error:
+                    self._record_failure(index, error)
+            self.num_skips += 1
+            sample = self.samples[index]
+            return {"id": sample.id, "frames": None,
+                    "skipped": [(self.split, sample.id, sample.video, self.failed[index])]}
         stood_in_for = []
         for offset in range(len(self.samples)):
             k = (index + offset) % len(self.samples)
@@ -214,6 +228,11 @@ def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not items:
         raise ValueError("collate_video_qa: empty batch")
+    skipped = [entry for item in items for entry in item.get("skipped", ())]
+    items = [item for item in items if item["frames"] is not None]  # evaluation's unreadable items
+    if not items:  # every item of the batch was unreadable: nothing to score, only the skips to count
+        return {"ids": [], "questions": [], "answers": [], "candidates": [], "tasks": [], "meta": [],
+                "skipped": skipped}
     lazy = [isinstance(item["frames"], LazyClip) for item in items]
     if any(lazy) and not all(lazy):
         raise ValueError("collate_video_qa: a batch mixes lazily decoded clips with decoded frames")
@@ -246,7 +265,7 @@ def collate_video_qa(items: list[dict[str, Any]]) -> dict[str, Any]:
         "candidates": [item["candidates"] for item in items],
         "tasks": [item["task"] for item in items],
         "meta": [item["meta"] for item in items],
-        "skipped": [entry for item in items for entry in item.get("skipped", ())],
+        "skipped": skipped,
     }
 
 
@@ -336,8 +355,11 @@ class VideoDataModule(L.LightningDataModule):
         # annotation stops the run before the slower file checks.
         splits = self._read_splits()
         # lazy_decode applies to evaluation only: training backpropagates through every frame anyway.
+        # Training stands a readable sample in for an unreadable one; evaluation leaves it out, so
+        # accuracy and n count only what was scored (the skips are listed in metrics.json).
         datasets = {name: VideoQADataset(samples, split=name, lazy=self.lazy_decode and name != "train",
-                                         **self.dataset_args) for name, samples in splits.items()}
+                                         substitute=name == "train", **self.dataset_args)
+                    for name, samples in splits.items()}
         if self.check_files:
             for split, dataset in datasets.items():
                 dataset.check_files()  # raises, or (skip policy) marks the bad files failed up front

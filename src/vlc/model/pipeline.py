@@ -101,7 +101,7 @@ class VideoPipeline(nn.Module):
             with watch.span("encoder"):
                 ft = self.visual_tokens(pixels[:, sl], frame_mask[:, sl], times[:, sl], batch)
             count.append(ft.num_tokens())
-            span = self.backbone.visual_span(ft)
+            span = self.backbone.visual_span(ft, closing=t0 + frames_per_chunk >= pixels.shape[1])
             yield span.embeds, span.mask
 
     # ---- context -----------------------------------------------------------------------------

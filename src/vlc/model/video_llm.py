@@ -146,9 +146,13 @@ class VideoLLM(L.LightningModule):
 
         sits = compressor_class(cfg["_target_"]).sits if cfg else "encoder"
         dim = backbone.hidden_size if sits == "projected" else backbone.vision_dim
-        made = build_compressor(cfg, dim=dim, out_dim=backbone.hidden_size, pixel_std=backbone.pixel_std,
-                                question_dim=backbone.hidden_size)
+        facts = dict(out_dim=backbone.hidden_size) if sits == "projector" else {}
+        made = build_compressor(cfg, dim=dim, pixel_std=backbone.pixel_std, question_dim=backbone.hidden_size, **facts)
         made.bind(backbone.llm, backbone.tokenizer)
+        # A released checkpoint's own weights for this compressor (Video-XL's beacons for vst).
+        state = backbone.pretrained_compressor_state.get(cfg["_target_"]) if cfg else None
+        if state is not None:
+            made.load_state_dict(state)
         return made
 
     # ---- parts -------------------------------------------------------------------------------
@@ -224,7 +228,8 @@ class VideoLLM(L.LightningModule):
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_step(self, batch: dict) -> None:
-        self._records += self.pipeline.evaluate(batch)
+        if batch["ids"]:  # a batch of only unreadable items (data.on_error=skip) has nothing to score
+            self._records += self.pipeline.evaluate(batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
         records = gather(self._records)

@@ -3,8 +3,8 @@
 A model config names a family and a checkpoint, never code (a checkpoint must not pick what runs)::
 
     backbone:
-      family: qwen2_5_vl
-      name_or_path: Qwen/Qwen2.5-VL-7B-Instruct   # hub name or local folder
+      family: llava_onevision
+      name_or_path: llava-hf/llava-onevision-qwen2-0.5b-ov-hf   # hub name or local folder
       dtype: bfloat16
       attn_implementation: auto
 
@@ -21,6 +21,9 @@ import importlib
 from vlc.backbone.base import Backbone
 
 FAMILIES: dict[str, str] = {
+    "llava_onevision": "vlc.backbone.hf.llava_onevision:LlavaOnevisionBackbone",
+    "llava_next_video": "vlc.backbone.hf.llava_next_video:LlavaNextVideoBackbone",
+    "videoxl": "vlc.backbone.hf.videoxl:VideoXLBackbone",
     "qwen2_5_vl": "vlc.backbone.hf.qwen2_5_vl:Qwen25VLBackbone",
     "videollama3": "vlc.backbone.hf.videollama3:VideoLLaMA3Backbone",
 }
@@ -41,7 +44,7 @@ def build_backbone(
     **options,
 ) -> Backbone:
     """Load ``name_or_path`` (hub name or local folder) as the ``family``'s Backbone. ``options`` are
-    the family's own settings (e.g. ``frame_size``); an unknown one is an error."""
+    the family's own settings (e.g. ``frames_per_pass``); an unknown one is an error."""
     return family_class(family).from_pretrained(
         name_or_path, dtype=dtype, attn_implementation=attn_implementation, **options
     )
