@@ -29,6 +29,22 @@ from vlc.model.pipeline import VideoPipeline
 from vlc.model.prefill import continue_from
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
+
+
+def chat_template(video: str) -> str:
+    """Qwen2's chat markers, the default system turn, and ``video`` where a video is (Qwen2.5-VL:
+    ``<|vision_start|><|video_pad|><|vision_end|>``; VideoLLaMA3: ``<|video_pad|>`` and a newline)."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% for content in message['content'] %}"
+        "{% if content['type'] == 'video' %}{{ '" + video + "' }}"
+        "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
 # Frames up to 112 x 112 keep their size: smart_resize only rounds the sides to multiples of 28.
 SIZE = {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}
 
@@ -68,6 +84,7 @@ def tiny_qwen2_5_vl(path: Path, seed: int = 0, tokens_per_second: int = 2) -> Pa
         image_processor=Qwen2VLImageProcessor(size=SIZE),
         video_processor=Qwen2VLVideoProcessor(size=SIZE, cap_pixels_per_frame=False),
         tokenizer=tok,
+        chat_template=chat_template("<|vision_start|><|video_pad|><|vision_end|>"),
     ).save_pretrained(path)
     return path
 
@@ -90,6 +107,7 @@ def tiny_videollama3(path: Path, seed: int = 0) -> Path:
         video_processor=VideoLlama3VideoProcessor(size={"shortest_edge": SIZE["shortest_edge"],
                                                         "longest_edge": SIZE["longest_edge"] * 64}),
         tokenizer=tok,
+        chat_template=chat_template("<|video_pad|>\\n"),
     ).save_pretrained(path)
     return path
 
@@ -98,6 +116,19 @@ def frames_at(times: list[float], height: int, width: int, seed: int = 0) -> tor
     """uint8 (T, 3, H, W) random frames."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (len(times), 3, height, width), generator=g, dtype=torch.uint8)
+
+
+def hf_inputs(backbone, frames, times, fps: float, question: str, answer: str, **processor_kwargs):
+    """The model's own inputs for one sample: its chat template (a video, the question; the answer)
+    rendered and run through its processor with the frames' times."""
+    processor = backbone.processor
+    chat = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    text = processor.apply_chat_template(chat, tokenize=False)
+    return processor(text=[text], videos=[frames], video_metadata=[metadata(times, fps)], return_tensors="pt",
+                     **processor_kwargs)
 
 
 def metadata(times: list[float], fps: float) -> dict:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from hf_tiny_qwen import batch_of, frames_at, metadata, placed, tiny_qwen2_5_vl, videollm_from_config, vlc_forward
+from hf_tiny_qwen import batch_of, frames_at, hf_inputs, placed, tiny_qwen2_5_vl, videollm_from_config, vlc_forward
 from vlc.backbone.hf import FAMILIES, build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
@@ -34,18 +34,11 @@ def hf(checkpoint):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         checkpoint, dtype=torch.float32, attn_implementation="sdpa"
     )
-    return model.eval(), AutoProcessor.from_pretrained(checkpoint)
+    return model.eval()
 
 
 def load(checkpoint, **options):
     return build_backbone("qwen2_5_vl", str(checkpoint), dtype="float32", attn_implementation="sdpa", **options).eval()
-
-
-def hf_inputs(backbone, processor, frames, times, fps):
-    p = backbone.prompt
-    video = "<|vision_start|><|video_pad|><|vision_end|>"
-    text = p.prefix + video + p.question_text(QUESTION, None) + p.answer_text(ANSWER, None)
-    return processor(text=[text], videos=[frames], video_metadata=[metadata(times, fps)], return_tensors="pt")
 
 
 def release_positions(model, inputs):
@@ -63,23 +56,26 @@ def release_positions(model, inputs):
 
 def test_no_compressor_equals_the_hf_forward(checkpoint, hf):
     """8 frames at 4 fps (τ 0, 1, 2, 3 ≤ the grid's 4 columns, so transformers' own positions agree with
-    the release's): vlc's logits for the question and answer equal the HF model's own forward on the
-    processor's output (max |Δ| 0.0 measured in fp32), 8 tokens per temporal group as it counts them."""
-    model, processor = hf
+    the release's): vlc's logits for the question and answer equal the HF model's own forward on its
+    chat template and processor (max |Δ| 0.0 measured in fp32), 8 tokens per temporal group as the
+    processor counts them; the prompt cut from the template puts <|vision_start|> in the prefix and
+    <|vision_end|> in the question."""
+    model = hf
     backbone = load(checkpoint)
     times = [i / 4 for i in range(8)]
     frames = frames_at(times, 56, 112)
     with torch.no_grad():
         logits, ft, span, before, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
-        inputs = hf_inputs(backbone, processor, frames, times, 4.0)
+        inputs = hf_inputs(backbone, frames, times, 4.0, QUESTION, ANSWER)
         ref = model(**inputs).logits
     assert ft.tokens.shape == (1, 4, 8, 64) and ft.grid == (2, 4)
     assert int(inputs["video_grid_thw"].prod()) // 4 // 4 == 8  # HF: tokens per temporal group
     ids = inputs["input_ids"][0].tolist()
     assert ids[: len(before)] == before and ids[-len(after):] == after
-    assert ref.shape == (1, len(before) + 34 + len(after), 516) and logits.shape == (1, len(after), 516)
+    assert backbone.prompt.prefix.endswith("<|vision_start|>") and backbone.prompt.question.startswith("<|vision_end|>")
+    assert ref.shape == (1, len(before) + 32 + len(after), 516) and logits.shape == (1, len(after), 516)
     assert (logits - ref[:, -len(after):]).abs().max() <= 1e-4
-    assert span.positions[:, 0, -1].tolist() == [5, 5, 5]  # = 1 + max(2, 4): both rules
+    assert span.positions[:, 0, -1].tolist() == [3, 1, 3]  # the last token; <|vision_end|> at 1 + 3 either way
 
 
 @pytest.mark.parametrize("fps, taus", [(1.0, [0, 4, 8, 12]), (2.0, [0, 2, 4, 6]), (4.0, [0, 1, 2, 3])])
@@ -87,31 +83,30 @@ def test_release_positions_equal_hf_given_those_positions(checkpoint, hf, fps, t
     """Qwen2.5-VL's release numbering: τ = g · 2/fps · 2, text one past the video's largest position.
     vlc equals the HF forward given those position_ids at every frame rate; where the last group's τ
     exceeds the grid, transformers 5.x's own numbering (text at 1 + max(2, 4)) gives other logits."""
-    model, processor = hf
+    model = hf
     backbone = load(checkpoint)
     times = [i / fps for i in range(8)]
     frames = frames_at(times, 56, 112)
     with torch.no_grad():
         logits, _, span, _, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
-        inputs = hf_inputs(backbone, processor, frames, times, fps)
+        inputs = hf_inputs(backbone, frames, times, fps, QUESTION, ANSWER)
         ref = model(**inputs, position_ids=release_positions(model, inputs)).logits[:, -len(after):]
         own = model(**inputs).logits[:, -len(after):]
     assert (logits - ref).abs().max() <= 1e-4
-    assert ((logits - own).abs().max() > 1e-3) == (taus[-1] + 1 > 4)
-    pos = span.positions[:, 0]
-    assert pos[0, 1::8][:4].tolist() == [1 + t for t in taus]
-    assert pos[:, 0].tolist() == [0, 0, 0] and pos[:, -1].tolist() == [max(taus[-1] + 2, 5)] * 3
-    assert pos[1, 1:9].tolist() == [1, 1, 1, 1, 2, 2, 2, 2] and pos[2, 1:9].tolist() == [1, 2, 3, 4] * 2
+    assert ((logits - own).abs().max() > 1e-3) == (taus[-1] > 3)
+    pos = span.positions[:, 0]  # relative to the first token, right after <|vision_start|>
+    assert pos[0, ::8].tolist() == taus and pos.shape == (3, 32)
+    assert pos[1, :8].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and pos[2, :8].tolist() == [0, 1, 2, 3] * 2
 
 
 def test_odd_frame_count_repeats_the_last_frame_as_the_processor_does(checkpoint, hf):
-    model, processor = hf
+    model = hf
     backbone = load(checkpoint)
     times = [0.0, 0.5, 1.0]
     frames = frames_at(times, 56, 112, seed=3)
     with torch.no_grad():
         logits, ft, _, _, after = vlc_forward(backbone, frames, times, QUESTION, ANSWER)
-        ref = model(**hf_inputs(backbone, processor, frames, times, 2.0)).logits
+        ref = model(**hf_inputs(backbone, frames, times, 2.0, QUESTION, ANSWER)).logits
     assert ft.tokens.shape[:3] == (1, 2, 8) and ft.times.tolist() == [[0.0, 1.0]]
     assert (logits - ref[:, -len(after):]).abs().max() <= 1e-4
 
@@ -142,7 +137,7 @@ def test_encode_layout_counts_and_batch_padding(checkpoint):
 
 
 def test_components_share_and_cover_the_hf_weights(checkpoint, hf):
-    model, _ = hf
+    model = hf
     backbone = load(checkpoint)
     groups = [set(map(id, getattr(backbone, name).parameters())) for name in ("encoder", "projector", "llm")]
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
@@ -164,37 +159,25 @@ def test_pruned_tokens_keep_their_positions(checkpoint):
         _, full, span_full, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
         _, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, compressor=diffp)
     assert ft.token_mask.sum((2,)).tolist() == [[8, 1, 1, 1]]
-    keep = torch.cat([torch.tensor([True]), ft.token_mask[0].flatten(), torch.tensor([True])])
-    kept = span_full.positions[:, 0, keep]
-    assert span.positions.shape == (3, 1, 13)
-    assert torch.equal(span.positions[:, 0, :-1], kept[:, :-1])
-    assert span.positions[:, 0, 9:12].T.tolist() == [[3, 1, 1], [5, 1, 1], [7, 1, 1]]
-    assert span.positions[:, 0, -1].tolist() == [8, 8, 8]  # still one past the largest kept position
+    assert span.positions.shape == (3, 1, 11)
+    assert torch.equal(span.positions[:, 0], span_full.positions[:, 0, ft.token_mask[0].flatten()])
+    assert span.positions[:, 0, 8:].T.tolist() == [[2, 0, 0], [4, 0, 0], [6, 0, 0]]
+    assert int(span.positions.max()) == 6  # the text still continues at 7, one past the largest kept
 
 
 @pytest.mark.parametrize("sits", ["encoder", "projected"])
 def test_pooled_tokens_sit_on_the_smaller_grid(checkpoint, sits):
     """pool 2×2 before the merger (4×8 patches → 2×4 → merged 1×2) or after it (2×4 → 1×2): 2 tokens
-    per group, at rows 1 and columns 1, 2; text after the video at max + 1 = 8."""
+    per group, at row 0 and columns 0, 1."""
     backbone = load(checkpoint)
     frames = frames_at(TIMES, 56, 112)
     with torch.no_grad():
         logits, ft, span, _, _ = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, placed(SpatialPool(2), sits))
     assert ft.grid == (1, 2) and ft.token_mask.sum().item() == 8
     pos = span.positions[:, 0]
-    assert pos[0].tolist() == [0, 1, 1, 3, 3, 5, 5, 7, 7, 8]
-    assert pos[1].tolist() == [0] + [1] * 8 + [8] and pos[2].tolist() == [0] + [1, 2] * 4 + [8]
+    assert pos[0].tolist() == [0, 0, 2, 2, 4, 4, 6, 6]
+    assert pos[1].tolist() == [0] * 8 and pos[2].tolist() == [0, 1] * 4
     assert torch.isfinite(logits).all()
-
-
-def test_a_streamed_chunk_but_the_last_leaves_the_video_open(checkpoint):
-    """closing=False (a streamed chunk but the last): no <|vision_end|>, the same 33 entries before it."""
-    backbone = load(checkpoint)
-    with torch.no_grad():
-        _, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER)
-        open_span = backbone.visual_span(ft, closing=False)
-    assert open_span.embeds.shape[1] == 33 and torch.equal(open_span.positions, span.positions[:, :, :33])
-    torch.testing.assert_close(open_span.embeds, span.embeds[:, :33])
 
 
 def test_stc_in_place_of_the_merger(checkpoint):
@@ -205,7 +188,7 @@ def test_stc_in_place_of_the_merger(checkpoint):
     with torch.no_grad():
         logits, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc)
     assert ft.tokens.shape == (1, 2, 8, 64) and ft.grid == (2, 4) and ft.times.tolist() == [[0.5, 2.5]]
-    assert span.positions[0, 0].tolist() == [0] + [1] * 8 + [5] * 8 + [6]
+    assert span.positions[0, 0].tolist() == [0] * 8 + [4] * 8
     assert torch.isfinite(logits).all()
 
 

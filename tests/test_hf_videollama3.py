@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers import AutoProcessor, VideoLlama3ForConditionalGeneration
+from transformers import VideoLlama3ForConditionalGeneration
 
-from hf_tiny_qwen import batch_of, frames_at, metadata, placed, tiny_videollama3, videollm_from_config, vlc_forward
+from hf_tiny_qwen import batch_of, frames_at, hf_inputs, placed, tiny_videollama3, videollm_from_config, vlc_forward
 from vlc.backbone.hf import build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
@@ -37,18 +37,15 @@ def hf(checkpoint):
     model = VideoLlama3ForConditionalGeneration.from_pretrained(
         checkpoint, dtype=torch.float32, attn_implementation="sdpa"
     )
-    return model.eval(), AutoProcessor.from_pretrained(checkpoint)
+    return model.eval()
 
 
 def load(checkpoint, **options):
     return build_backbone("videollama3", str(checkpoint), dtype="float32", attn_implementation="sdpa", **options).eval()
 
 
-def hf_inputs(backbone, processor, frames, pruning: bool):
-    p = backbone.prompt
-    text = p.prefix + "<|video_pad|>" + p.question_text(QUESTION, None) + p.answer_text(ANSWER, None)
-    return processor(text=[text], videos=[frames], video_metadata=[metadata(TIMES, 1.0)],
-                     use_token_compression=pruning, return_tensors="pt")
+def model_inputs(backbone, frames, pruning: bool):
+    return hf_inputs(backbone, frames, TIMES, 1.0, QUESTION, ANSWER, use_token_compression=pruning)
 
 
 def static_frames():
@@ -63,18 +60,19 @@ def static_frames():
 
 def test_no_compressor_equals_the_hf_forward_without_its_pruning(checkpoint, hf):
     """Every token and the same prompt, markers included: max |Δ| 0.0 measured in fp32."""
-    model, processor = hf
+    model = hf
     backbone = load(checkpoint)
     frames = frames_at(TIMES, 56, 112)
     with torch.no_grad():
         logits, ft, span, before, after = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER)
-        inputs = hf_inputs(backbone, processor, frames, pruning=False)
+        inputs = model_inputs(backbone, frames, pruning=False)
         ref = model(**inputs).logits
     assert ft.tokens.shape == (1, 4, 8, 64) and ft.grid == (2, 4)
     assert int(inputs["video_grid_thw"].prod()) // 4 // 4 == 8  # HF: tokens per frame
-    pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    tok = backbone.tokenizer
+    pad = tok.convert_tokens_to_ids("<|video_pad|>")
     ids = inputs["input_ids"][0]
-    text = processor.tokenizer.decode(ids[len(before): -len(after)]).replace("<|video_pad|>", "V")
+    text = tok.decode(ids[len(before): -len(after)]).replace("<|video_pad|>", "V")
     assert text == "Time 0.0s:" + "V" * 8 + ",Time 1.0s:" + "V" * 8 + ",Time 2.0s:" + "V" * 8 + ",Time 3.0s:" + "V" * 8
     assert ids[: len(before)].tolist() == before and ids[-len(after):].tolist() == after
     assert span.embeds.shape[1] == len(ids) - len(before) - len(after) and (ids == pad).sum() == 32
@@ -86,13 +84,13 @@ def test_diffp_is_videollama3s_own_pruning(checkpoint, hf):
     """diffp on the vision model's tokens with fallback: first keeps exactly the processor's
     video_compression_mask (8 + 1 + 1 + 1: frame 2 is static and keeps its first token, so does
     frame 3), and the logits equal the HF forward with its pruning on."""
-    model, processor = hf
+    model = hf
     backbone = load(checkpoint)
     frames = static_frames()
     diffp = DifferentialFramePruning(threshold=0.1, min_tokens=1, fallback="first", pixel_std=backbone.pixel_std)
     with torch.no_grad():
         logits, ft, _, _, after = vlc_forward(backbone, frames, TIMES, QUESTION, ANSWER, diffp)  # sits: encoder
-        inputs = hf_inputs(backbone, processor, frames, pruning=True)
+        inputs = model_inputs(backbone, frames, pruning=True)
         ref = model(**inputs).logits[:, -len(after):]
     assert torch.equal(ft.token_mask.flatten(), inputs["video_compression_mask"])
     assert ft.token_mask.sum(2).tolist() == [[8, 1, 1, 1]]

@@ -49,10 +49,12 @@ class _Stream:
     memory: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer (b, Hkv, m, Dh), keys before RoPE
     pending: list[Tensor] = field(default_factory=list)  # raw visual embeds (b, n_i, D) not yet in a window
     visual_tokens: int = 0
-    # M-RoPE only: (3, b, n_i) positions of the pending tokens, and (3, b, m) of the memory's entries
-    # (each keeps the position it was run with); None: the memory sits at 0 … m-1.
+    # M-RoPE only: (3, b, n_i) positions of the pending tokens, (3, b, m) of the memory's entries (each
+    # keeps the position it was run with; None: the memory sits at 0 … m-1), and (b,) the largest
+    # position run so far, dropped raw tokens included (the text continues one past it).
     pending_pos: list[Tensor] = field(default_factory=list)
     positions: Tensor | None = None
+    seen: Tensor | None = None
 
     @property
     def buffered(self) -> int:
@@ -82,6 +84,7 @@ class _Stream:
                 visual_tokens=self.visual_tokens,
                 pending_pos=[p[:, j : j + 1] for p in self.pending_pos],
                 positions=None if self.positions is None else self.positions[:, j : j + 1],
+                seen=None if self.seen is None else self.seen[j : j + 1],
             )
             for j, row in enumerate(self.rows)
         ]
@@ -201,7 +204,7 @@ class VisualSummarizationTokens(CacheCompressor):
         On an M-RoPE LLM (Qwen2-VL family) a chunk may be (embeds, mask, positions (3, B, n)): the
         span's 3-D positions, shifted past the prefix. Raw tokens then keep these positions, a beacon
         takes the position of the raw token it follows, and the memory keeps its entries' positions
-        (docs/mrope.md); the text continues one past the last entry's.
+        (docs/mrope.md); the text continues one past the largest position, as it would uncompressed.
         """
         layers, rotary = _decoder_parts(llm)
         if self.beacon_embed is None or len(self.beacon_q) != len(layers):
@@ -283,10 +286,10 @@ class VisualSummarizationTokens(CacheCompressor):
             if s.length == 0:
                 raise ValueError(f"vst.prefill: sample {row} has neither prefix nor visual tokens")
         length = torch.tensor([s.length for _, s, _ in rows], device=device)  # (B,)
-        # Text continues one past the last entry: at len with memory at 0..len-1, else after its position.
+        # Text continues at len with memory at 0..len-1; on M-RoPE one past the largest position run,
+        # where it would continue uncompressed.
         next_position = torch.tensor(
-            [s.length if s.positions is None else int(s.positions[:, j, -1].max()) + 1 for _, s, j in rows],
-            device=device,
+            [s.length if s.positions is None else int(s.seen[j]) + 1 for _, s, j in rows], device=device
         )
         L = int(length.max())
         cache = DynamicCache()
@@ -370,6 +373,8 @@ class _Runner:
         if position_ids.dim() == 3:  # M-RoPE: the memory keeps the positions of the entries it keeps
             window = position_ids[:, :, m:] if plan is None else position_ids[:, :, m:][:, :, plan.beacon_slots]
             s.positions = torch.cat([position_ids[:, :, :m], window], 2)  # (3, b, m + kept)
+            top = position_ids.amax(dim=(0, 2))  # (b,)
+            s.seen = top if s.seen is None else torch.maximum(s.seen, top)
         if visual:
             vst.last_windows.append((n, ratio or 0, nb))
         if not s.memory:

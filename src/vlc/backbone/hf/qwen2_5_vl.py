@@ -8,10 +8,15 @@ The model's own video layout, which ``encode → project → visual_span`` rebui
 - the vision tower attends within each temporal group (windowed blocks and a few full blocks);
 - the merger concatenates each 2×2 block of patches and maps it to the LLM width: (h/2)·(w/2) tokens
   per temporal group;
-- the prompt holds ``<|vision_start|>`` tokens ``<|vision_end|>``, read with 3-D M-RoPE: a token of
-  group g at merged-grid cell (r, c) sits at (s + τ_g, s + r, s + c), s = the position after
-  ``<|vision_start|>``, τ_g = ⌊(t_g − t_0) · tokens_per_second⌋ (Qwen's g · second_per_grid ·
-  tokens_per_second for evenly spaced frames); text uses one position in all three sections.
+- the chat template writes ``<|vision_start|><|video_pad|><|vision_end|>``; the processor expands the
+  pad into the tokens, read with 3-D M-RoPE: a token of group g at merged-grid cell (r, c) sits at
+  (s + τ_g, s + r, s + c), s = the position after ``<|vision_start|>``, τ_g = ⌊(t_g − t_0) ·
+  tokens_per_second⌋ (Qwen's g · second_per_grid · tokens_per_second for evenly spaced frames);
+  text uses one position in all three sections.
+
+The prompt is cut from the processor's chat template at the pad: ``<|vision_start|>`` ends the
+prefix, ``<|vision_end|>`` opens the question, and the visual span is the tokens alone, with positions
+(τ, r, c) counted from 0 at the first (the pipeline adds the prefix length).
 
 Where the split between encode and project lies: ``encode`` returns the tower's *pre-merge* patches,
 FrameTokens (B, T', h·w, vision_dim) on grid (h, w) with T' temporal groups, each timed by its first
@@ -22,10 +27,10 @@ Positions of compressed tokens (docs/mrope.md): a kept token keeps its (τ, row,
 its group's time and its cell on the grid FrameTokens holds when it reaches ``visual_span`` (a pooled
 grid is a smaller grid, as Qwen would see a smaller frame; grid None lays the tokens out as one row).
 
-Text after the video continues one past the largest position of the video, as Qwen2.5-VL's release
-(and vLLM) number it: ``<|vision_end|>`` there, then the text. transformers 5.x's ``get_rope_index``
-continues at s + max(h/2, w/2) instead, which ignores the temporal extent; the two agree whenever
-τ of the last group ≤ max(h/2, w/2) − 1 (docs/mrope.md).
+Text after the video (``<|vision_end|>``, the question) continues one past the largest position, as
+Qwen2.5-VL's release (and vLLM) number it and as ``VideoPipeline`` continues any M-RoPE span.
+transformers 5.x's ``get_rope_index`` continues at s + max(h/2, w/2) instead, which ignores the
+temporal extent; the two agree whenever τ of the last group ≤ max(h/2, w/2) − 1 (docs/mrope.md).
 """
 
 from __future__ import annotations
@@ -40,23 +45,18 @@ from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
 from vlc.backbone.base import Backbone, VisualSpan
-from vlc.backbone.llm import DTYPES, resolve_attn_implementation
+from vlc.backbone.hf.loading import pretrained_kwargs, prompt_from_chat_template, resolve_source
 from vlc.model.prompt import PromptBuilder
 from vlc.tokens import FrameTokens
 
-# Qwen2.5-VL's chat template for one user turn holding a video then the question.
-PROMPT = dict(
-    prefix="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-    question="{question}{options}<|im_end|>\n<|im_start|>assistant\n",
-    answer="{answer}<|im_end|>",
-)
 # Float error in the frames' times must not move a group down a temporal position.
 TIME_TOLERANCE = 1e-3
 
 
 class LanguageModel(nn.Module):
-    """A VLM's language model and lm_head as a causal LM (the same modules, no copies), so that the
-    vision side stays out of ``llm`` when components are frozen or wrapped."""
+    """Qwen2.5-VL's language model and lm_head as a causal LM (the same modules, no copies), so that
+    the vision side stays out of ``llm`` when components are frozen or wrapped. transformers has no
+    causal-LM class for this text model (``loading.causal_lm_over`` needs one), hence this view."""
 
     supports_gradient_checkpointing = True
 
@@ -108,11 +108,6 @@ class VisionTower(nn.Module):
         super().__init__()
         self.patch_embed, self.rotary_pos_emb, self.blocks = visual.patch_embed, visual.rotary_pos_emb, visual.blocks
         self.config = visual.config
-        # The tower's own checkpointing switch: it flags these same blocks (the tower is not a submodule).
-        self._checkpointing_enable = visual.activation_checkpointing_enable
-
-    def set_grad_checkpointing(self) -> None:
-        self._checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """(P, 3·2·14·14) processor patches of all videos, (V, 3) grids → (P, vision_dim), same order."""
@@ -140,27 +135,25 @@ class VisionTower(nn.Module):
 
 
 class Qwen25VLBackbone(Backbone):
-    """Qwen2.5-VL as a vlc Backbone (module docstring). ``encoder`` is the tower without the merger,
-    ``projector`` the merger, ``llm`` the language model with its head; all share the HF weights.
+    """Qwen2.5-VL as a vlc Backbone (module docstring). Parts (shared with ``hf_model``, the loaded
+    ``Qwen2_5_VLForConditionalGeneration``): ``encoder`` the tower without the merger, ``projector``
+    the merger, ``llm`` the language model with its head.
 
-    frame_size:       the (height, width) ``tokens_per_frame`` is quoted for (frames of other sizes work).
-    prompt:           PromptBuilder settings over the chat template's prefix/question/answer.
+    frame_size: the (height, width) ``tokens_per_frame`` is quoted for (frames of other sizes work).
     """
 
-    def __init__(
-        self,
-        model: Qwen2_5_VLForConditionalGeneration,
-        processor,
-        frame_size: Sequence[int] = (448, 448),
-        prompt: dict | None = None,
-    ) -> None:
+    family = "qwen2_5_vl"
+
+    def __init__(self, model: Qwen2_5_VLForConditionalGeneration, processor, frame_size: Sequence[int] = (448, 448)
+                 ) -> None:
         super().__init__()
         cfg = model.config
         visual = model.model.visual
+        self.__dict__["hf_model"] = model  # not a submodule: its parts are registered below, once
+        self.__dict__["processor"] = processor
         self.encoder = VisionTower(visual)
         self.projector = visual.merger
         self.llm = LanguageModel(model.model.language_model, model.lm_head, cfg.text_config)
-        self.processor = processor
         self.video_processor = processor.video_processor
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token is None:
@@ -168,11 +161,11 @@ class Qwen25VLBackbone(Backbone):
         vcfg = cfg.vision_config
         self.merge, self.temporal_patch = vcfg.spatial_merge_size, vcfg.temporal_patch_size
         self.tokens_per_second = float(vcfg.tokens_per_second)
-        self.vision_start_id, self.vision_end_id = cfg.vision_start_token_id, cfg.vision_end_token_id
         self.vision_dim, self.hidden_size = vcfg.hidden_size, cfg.text_config.hidden_size
         self.pixel_std = tuple(float(s) for s in self.video_processor.image_std)
         self.tokens_per_frame = self.patches_per_group(*frame_size)
-        self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
+        self.prompt_template = prompt_from_chat_template(processor, processor.video_token)
+        self.prompt = PromptBuilder(self.tokenizer, **self.prompt_template)
 
     @classmethod
     def from_pretrained(
@@ -183,24 +176,24 @@ class Qwen25VLBackbone(Backbone):
         frame_size: Sequence[int] = (448, 448),
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        prompt: dict | None = None,
     ) -> Qwen25VLBackbone:
         """A Qwen2.5-VL checkpoint (hub name or local folder) and its processor. ``min_pixels`` /
         ``max_pixels`` override the video processor's per-frame pixel bounds (its ``size``)."""
-        if dtype not in DTYPES:
-            raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        source = resolve_source(name_or_path)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
+            source, **pretrained_kwargs(dtype, attn_implementation)
         )
-        processor = AutoProcessor.from_pretrained(name_or_path)
+        processor = AutoProcessor.from_pretrained(source)
         size = processor.video_processor.size
         bounds = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         processor.video_processor.size = type(size)(**{**dict(size), **{k: int(v) for k, v in bounds.items() if v}})
-        return cls(model.eval(), processor, frame_size, prompt)
+        return cls(model.eval(), processor, frame_size)
 
     def set_grad_checkpointing(self) -> None:
         super().set_grad_checkpointing()
-        self.encoder.set_grad_checkpointing()
+        self.hf_model.model.visual.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
 
     @property
     def llm_tokens_per_frame(self) -> int:
@@ -274,29 +267,23 @@ class Qwen25VLBackbone(Backbone):
         return tau.clamp(min=0).long()
 
     def visual_span(self, ft: FrameTokens, closing: bool = True) -> VisualSpan:
-        """``<|vision_start|>`` kept tokens (group-major, raster within a group) ``<|vision_end|>``, with
-        positions (3, B, L) counted from 0 at ``<|vision_start|>``; ``closing=False`` leaves out
-        ``<|vision_end|>``."""
+        """The kept tokens, group-major and raster within a group, with positions (3, B, L):
+        (τ, row, column), counted from 0 at the first token. ``<|vision_start|>`` and
+        ``<|vision_end|>`` are prompt text (module docstring), so ``closing`` changes nothing."""
         B, T, N, D = ft.tokens.shape
         h, w = ft.grid if ft.grid is not None else (1, N)
-        device = ft.tokens.device
-        cell = torch.arange(N, device=device)
+        cell = torch.arange(N, device=ft.tokens.device)
         rows, cols = cell // w, cell % w  # (N,)
         tau = self.temporal_positions(ft.times, ft.frame_mask)  # (B, T)
-        marks = self.embed(torch.tensor([self.vision_start_id, self.vision_end_id], device=device)).to(ft.tokens.dtype)
         seqs, poss = [], []
         for b in range(B):
             t_idx, n_idx = ft.token_mask[b].nonzero(as_tuple=True)  # group-major, raster within a group
-            video = 1 + torch.stack([tau[b, t_idx], rows[n_idx], cols[n_idx]])  # (3, n_b)
-            end = int(video.max()) + 1 if video.numel() else 1  # one past the video's largest position
-            ends = video.new_tensor([[0], [end]]).expand(2, 3).T  # (3, 2): <|vision_start|>, <|vision_end|>
-            last = 2 if closing else 1
-            poss.append(torch.cat([ends[:, :1], video, ends[:, 1:last]], 1))
-            seqs.append(torch.cat([marks[:1], ft.tokens[b][ft.token_mask[b]], marks[1:last]]))
-        L = max(s.shape[0] for s in seqs)
+            poss.append(torch.stack([tau[b, t_idx], rows[n_idx], cols[n_idx]]))  # (3, n_b)
+            seqs.append(ft.tokens[b][ft.token_mask[b]])
+        L = max(1, max(s.shape[0] for s in seqs))
         embeds = ft.tokens.new_zeros(B, L, D)
-        mask = torch.zeros(B, L, dtype=torch.long, device=device)
-        positions = torch.zeros(3, B, L, dtype=torch.long, device=device)
+        mask = torch.zeros(B, L, dtype=torch.long, device=ft.tokens.device)
+        positions = torch.zeros(3, B, L, dtype=torch.long, device=ft.tokens.device)
         for b, (s, pos) in enumerate(zip(seqs, poss)):
             embeds[b, : s.shape[0]], mask[b, : s.shape[0]], positions[:, b, : s.shape[0]] = s, 1, pos
         return VisualSpan(embeds, mask, positions)

@@ -28,28 +28,23 @@ from torch import Tensor
 from transformers import AutoProcessor, VideoLlama3ForConditionalGeneration
 
 from vlc.backbone.base import Backbone, VisualSpan
-from vlc.backbone.hf.qwen2_5_vl import LanguageModel
-from vlc.backbone.llm import DTYPES, resolve_attn_implementation
+from vlc.backbone.hf.loading import causal_lm_over, pretrained_kwargs, prompt_from_chat_template, resolve_source
 from vlc.model.prompt import PromptBuilder
 from vlc.tokens import FrameTokens
 
-# VideoLLaMA3's chat template for one user turn holding a video then the question (Qwen2's markers).
-PROMPT = dict(
-    prefix="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-    question="\n{question}{options}<|im_end|>\n<|im_start|>assistant\n",
-    answer="{answer}<|im_end|>",
-)
 TIME_FORMAT, FRAME_SEPARATOR = "Time {t:.1f}s:", ","
 
 
 class VideoLLaMA3Backbone(Backbone):
-    """VideoLLaMA3 as a vlc Backbone (module docstring). ``encoder`` is the vision model, ``projector``
-    its MLP, ``llm`` the language model with its head; all share the HF weights.
+    """VideoLLaMA3 as a vlc Backbone (module docstring). Parts (shared with ``hf_model``, the loaded
+    ``VideoLlama3ForConditionalGeneration``): ``encoder`` the vision model, ``projector`` its MLP,
+    ``llm`` the Qwen2 causal LM over its language model and head.
 
     frame_size, num_frames: the video ``tokens_per_frame`` is quoted for (the processor divides its pixel
                             budget over the frames, so tokens per frame fall as frames grow).
-    prompt:                 PromptBuilder settings over the chat template's prefix/question/answer.
     """
+
+    family = "videollama3"
 
     def __init__(
         self,
@@ -57,14 +52,14 @@ class VideoLLaMA3Backbone(Backbone):
         processor,
         frame_size: Sequence[int] = (448, 448),
         num_frames: int = 180,
-        prompt: dict | None = None,
     ) -> None:
         super().__init__()
         cfg = model.config
+        self.__dict__["hf_model"] = model  # not a submodule: its parts are registered below, once
+        self.__dict__["processor"] = processor
         self.encoder = model.model.vision_model
         self.projector = model.model.projector
-        self.llm = LanguageModel(model.model.language_model, model.lm_head, cfg.text_config)
-        self.processor = processor
+        self.llm = causal_lm_over(model.model.language_model, model.lm_head)
         self.video_processor = processor.video_processor
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token is None:
@@ -73,7 +68,8 @@ class VideoLLaMA3Backbone(Backbone):
         self.vision_dim, self.hidden_size = cfg.vision_config.hidden_size, cfg.text_config.hidden_size
         self.pixel_std = tuple(float(s) for s in self.video_processor.image_std)
         self.tokens_per_frame = self.tokens_per_video_frame(int(num_frames), *frame_size)
-        self.prompt = PromptBuilder(self.tokenizer, **{**PROMPT, **(prompt or {})})
+        self.prompt_template = prompt_from_chat_template(processor, processor.video_token)
+        self.prompt = PromptBuilder(self.tokenizer, **self.prompt_template)
         self._marker_ids: dict[str, list[int]] = {}
 
     @classmethod
@@ -84,15 +80,13 @@ class VideoLLaMA3Backbone(Backbone):
         attn_implementation: str = "auto",
         frame_size: Sequence[int] = (448, 448),
         num_frames: int = 180,
-        prompt: dict | None = None,
     ) -> VideoLLaMA3Backbone:
         """A VideoLLaMA3 checkpoint in transformers' format (hub name or local folder) and its processor."""
-        if dtype not in DTYPES:
-            raise ValueError(f"model.backbone.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        source = resolve_source(name_or_path)
         model = VideoLlama3ForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attn_implementation(attn_implementation)
+            source, **pretrained_kwargs(dtype, attn_implementation)
         )
-        return cls(model.eval(), AutoProcessor.from_pretrained(name_or_path), frame_size, num_frames, prompt)
+        return cls(model.eval(), AutoProcessor.from_pretrained(source), frame_size, num_frames)
 
     @property
     def llm_tokens_per_frame(self) -> int:
