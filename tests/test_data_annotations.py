@@ -101,7 +101,7 @@ def mc_with(**changes):
         (mc_with(video=...), "video", "missing key 'video'"),
         (mc_with(question=3), "question", "is int, expected str"),
         (mc_with(candidates="x,y"), "candidates", "is str, expected list"),
-        (mc_with(candidates=["x"], answer="x"), "candidates", "1 candidates, expected at least 2"),
+        (mc_with(candidates=["x"], answer="x"), "candidates", "1 candidates, expected 2 to 26"),
         (mc_with(candidates=["x", 2]), "candidates", "candidate 1 is int"),
         (mc_with(answer="z"), "answer", "answer 'z' is not one of the candidates"),
         (mc_with(start=5, end=2), "end", "end 2.0 <= start 5.0"),

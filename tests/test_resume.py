@@ -131,3 +131,59 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path):
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=False) == {"step": 1}
     assert os.listdir(path.parent) == ["last.ckpt"]
+
+
+class CrashBefore(L.Callback):
+    """Raises before optimizer step ``step`` + 1 starts: when ``step`` is a validation step, after
+    that validation and its checkpoint — a kill right at the checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise SystemExit(f"simulated crash before step {trainer.global_step + 1}")
+
+
+def _outcome(root: Path) -> tuple[dict, list[str], int]:
+    run = root / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    kept = {k: metrics[k] for k in ("val/acc", "val/n", "train_steps", "train/loss", "val/kv_tokens")}
+    kept["checkpoint"] = Path(metrics["checkpoint"]).name
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    return kept, sorted(p.name for p in (run / "checkpoints").iterdir()), last
+
+
+@pytest.mark.parametrize("where", ["at_validation", "mid_interval"])
+def test_resumed_run_ends_as_the_uninterrupted_one(tmp_path, where):
+    """Killed right after the step-4 validation wrote its checkpoint, or after step 3 (mid-interval),
+    then resumed: the final metrics.json, the best checkpoint and the set of checkpoint files are
+    those of the run that was never stopped, and the kill lost at most one validation interval."""
+    whole = tmp_path / "whole"
+    train(_cfg(whole, "trainer.limit_val_batches=2"))
+    broken = tmp_path / "broken"
+    cfg = _cfg(broken, "trainer.limit_val_batches=2")
+    with open_dict(cfg):
+        cfg.callbacks.crash = ({"_target_": "test_resume.CrashBefore", "step": 4} if where == "at_validation"
+                               else {"_target_": "test_resume.CrashAt", "step": 3})
+    with pytest.raises(SystemExit, match="simulated crash"):
+        train(cfg)
+    last = torch.load(broken / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == (4 if where == "at_validation" else 2)  # at most one interval (2 steps) lost
+    train(_cfg(broken, "trainer.limit_val_batches=2", "ckpt_path=last"))
+    assert _outcome(broken) == _outcome(whole)
+    assert _outcome(whole)[2] == 6  # last.ckpt follows every validation, improved or not
+
+
+def test_last_checkpoint_is_written_at_every_validation_even_without_improvement(tmp_path):
+    """Lightning writes last.ckpt only where a top-k checkpoint was saved; vlc's ModelCheckpoint
+    writes it at every validation, so a plateau of val/acc never leaves it behind."""
+    root = tmp_path / "run"
+    cfg = _cfg(root, "trainer.max_steps=6", "optim.lr=0")  # lr 0: val/acc never improves after step 2
+    with open_dict(cfg):
+        cfg.callbacks.crash = {"_target_": "test_resume.CrashBefore", "step": 6 - 2}
+    with pytest.raises(SystemExit):
+        train(cfg)
+    ckpts = root / "run" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    assert [p.name for p in sorted(ckpts.glob("step_*.ckpt"))] == ["step_000002.ckpt"]  # the best stays step 2

@@ -175,7 +175,7 @@ def test_odd_and_tiny_frame_counts_run(name, T, real):
     cfg = OmegaConf.to_container(cfg, resolve=False)
     if "question_dim" in cfg:
         cfg["question_dim"] = 128
-    compressor = build_compressor(cfg, dim=96, pixel_std=(0.5,) * 3, question_dim=128).eval()
+    compressor = build_compressor(cfg, dim=96, out_dim=96, pixel_std=(0.5,) * 3, question_dim=128).eval()
     B, N = 2, 16
     frame_mask = torch.arange(T)[None] < torch.tensor(real)[:, None]  # (B, T)
     times = (torch.arange(T, dtype=torch.float32) * 0.5)[None].expand(B, T) * frame_mask

@@ -293,8 +293,14 @@ def _check_compressor(node: Mapping, facts: dict[str, int]) -> list[str]:
     except UntrustedTargetError as error:
         return [f"compressor._target_={target}: {error}; the compressor group's choices are "
                 f"{', '.join(_group_options('compressor'))}"]
-    width = facts.get("llm_dim" if cls.sits == "projected" else "dim", ANY_WIDTH)
-    extra = dict(out_dim=facts.get("llm_dim", ANY_WIDTH)) if cls.sits == "projector" else {}
+    from vlc.compressors.base import placement
+
+    try:
+        sits = placement(node)
+    except ValueError as error:
+        return [str(error)]
+    width = facts.get("llm_dim" if sits == "projected" else "dim", ANY_WIDTH)
+    extra = dict(out_dim=facts.get("llm_dim", ANY_WIDTH)) if sits == "projector" else {}
     try:
         with torch.device("meta"):
             build_compressor(dict(node), dim=width, pixel_std=(0.5,) * 3, question_dim=facts.get("llm_dim", ANY_WIDTH),

@@ -56,6 +56,12 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=_instantiate_dict(cfg.get("logger")) or False
     )
+    interval, steps = trainer.val_check_interval, trainer.max_steps
+    if isinstance(interval, int) and 0 < steps < interval:
+        # A run shorter than one interval would never validate, so it would keep no best checkpoint
+        # and write no validation figures: it validates once, at its last step.
+        log.info("trainer.max_steps=%d < trainer.val_check_interval=%d: validating at step %d", steps, interval, steps)
+        trainer.val_check_interval = steps
     if cfg.get("global_batch_size"):
         trainer.accumulate_grad_batches = accumulation_steps(
             int(cfg.global_batch_size), int(cfg.data.batch_size), trainer.world_size,
@@ -178,7 +184,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.fast_dev_run:
         return {**extra, "fast_dev_run": True}
 
-    (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    if _validates(datamodule, trainer):
+        (val_metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    else:  # data.val_file=null or trainer.limit_val_batches=0: a training-only run
+        log.warning("no validation split (or trainer.limit_val_batches=0): metrics.json holds training figures only")
+        val_metrics, model.predictions = {}, []
+        best = best or getattr(trainer.checkpoint_callback, "last_model_path", None) or None
     extra["checkpoint"] = best
     extra.update(skip_report(datamodule))
     metrics = summarize_run(cfg, model, val_metrics, extra)
@@ -190,6 +201,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("metrics: %s", json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}))
         log.info("wrote %s", path)
     return metrics
+
+
+def _validates(datamodule: Any, trainer: L.Trainer) -> bool:
+    return bool(getattr(datamodule, "has_val", True)) and trainer.limit_val_batches != 0
 
 
 def skip_report(datamodule: Any) -> dict[str, Any]:

@@ -11,6 +11,9 @@ What a compressor reads, keeps and where it sits is declared too, so the pipelin
     sits            "encoder": on the vision encoder's features (width = the encoder's), before
                     the projector; "projected": after the projector (width = the LLM's);
                     "projector": in place of the projector (encoder width in, ``out_dim`` out).
+    placements      where a config may put it instead (``compressor.sits=projected``): the
+                    parameter-free methods that work at any width run on either side, as
+                    LLaVA-family models pool after their projector.
     reads_pixels    forward gets ``pixels`` (B, T, 3, H, W), normalised as the encoder saw them.
     reads_question  forward gets ``question=(embeds (B, Lq, D_llm), mask (B, Lq))``; no other
                     compressor ever sees the question.
@@ -47,8 +50,9 @@ from vlc.tokens import Context, FrameTokens
 
 SITS = ("encoder", "projected", "projector")
 BUILTIN_PREFIX = "vlc.compressors."
-# Config keys of Hydra's instantiate that build nothing here; anything else starting with "_" is refused.
-CONFIG_KEYS = ("_target_", "_partial_")
+# Config keys that are not constructor arguments: the class, Hydra's partial flag (accepted and
+# ignored) and the placement (``sits``); anything else starting with "_" is refused.
+CONFIG_KEYS = ("_target_", "_partial_", "sits")
 
 _REGISTRY: dict[str, type] = {}  # "module.QualName" → class, every Compressor subclass defined so far
 _TRUSTED: set[str] = set()  # targets the running config trusts (trusted_compressors, its own compressor)
@@ -58,7 +62,8 @@ class Compressor(nn.Module):
     """Base of every compressor; see the module docstring for what each declaration means."""
 
     kind: ClassVar[str] = "token"
-    sits: ClassVar[str] = "encoder"
+    sits: str = "encoder"  # the class's default; a config may choose another of ``placements``
+    placements: ClassVar[tuple[str, ...]] = ()  # () = only ``sits``
     reads_pixels: ClassVar[bool] = False
     reads_question: bool = False  # a setting of some methods (qformer's question_aware): may be per instance
     needs_grid: ClassVar[bool] = False
@@ -204,6 +209,19 @@ def compressor_class(target: str) -> type:
     return cls
 
 
+def placement(cfg: Mapping | None) -> str:
+    """Where the compressor of ``cfg`` sits: its ``sits`` key if it has one (checked against the
+    class's ``placements``), else the class's own."""
+    if not cfg:
+        return "encoder"
+    cls = compressor_class(cfg["_target_"])
+    sits = cfg.get("sits") or cls.sits
+    allowed = cls.placements or (cls.sits,)
+    if sits not in allowed:
+        raise ValueError(f"compressor.sits={show(sits)} ({cls.__name__}): choose one of {', '.join(allowed)}")
+    return sits
+
+
 def build_compressor(cfg: Mapping | DictConfig | nn.Module | None, dim: int | None = None, **facts: Any) -> Compressor:
     """A compressor from its config (``_target_`` + settings; ``_partial_`` is accepted and
     ignored), given what the backbone knows: ``facts`` (``dim``, ``out_dim``, ``pixel_std``,
@@ -239,4 +257,8 @@ def build_compressor(cfg: Mapping | DictConfig | nn.Module | None, dim: int | No
     for key, value in facts.items():
         if (key in params or takes_all) and settings.get(key) is None:
             settings[key] = value
-    return cls(**settings)
+    sits = placement(cfg)
+    made = cls(**settings)
+    if sits != cls.sits:
+        made.sits = sits
+    return made

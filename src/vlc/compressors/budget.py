@@ -41,6 +41,7 @@ class TokenBudget(Compressor):
     max_tokens: visual tokens per video the LLM may receive.
     max_stride: the largest pooling factor; None = pool down to one token per frame.
     """
+    placements = ("encoder", "projected")  # width-agnostic: before or after the projector
 
     needs_grid = True
     keeps_grid = False  # videos of a batch may get different pooled grids

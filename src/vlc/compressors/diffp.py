@@ -43,6 +43,7 @@ class DifferentialFramePruning(Compressor):
     pixel_std:  the per-channel std the encoder normalised the pixels with (the tiny ViT's
                 [0.5, 0.5, 0.5]; CLIP's [0.26862954, 0.26130258, 0.27577711]).
     """
+    placements = ("encoder", "projected")  # width-agnostic: before or after the projector
 
     reads_pixels = True
     needs_grid = True

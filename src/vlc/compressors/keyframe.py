@@ -36,6 +36,7 @@ class KeyframeSelection(Compressor):
                 (ShareGPT4Video: 0.93).
     max_frames: keep at most this many frames per video, the most novel ones; None = no cap.
     """
+    placements = ("encoder", "projected")  # width-agnostic: before or after the projector
 
     keeps_frames = False
 

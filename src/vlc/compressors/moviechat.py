@@ -115,6 +115,7 @@ class MovieChatMemory(Compressor):
     pos_init_std:    init std of the base positions (BERT's 0.02; MovieChat loads them from
                      Video-LLaMA's checkpoint).
     """
+    placements = ("encoder", "projected")  # width-agnostic: before or after the projector
 
     keeps_frames = False
 

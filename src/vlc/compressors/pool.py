@@ -15,6 +15,7 @@ class SpatialPool(Compressor):
     A grid side that ``stride`` does not divide is pooled with ceil_mode, so edge cells average
     fewer patches rather than being dropped.
     """
+    placements = ("encoder", "projected")  # width-agnostic: before or after the projector
 
     needs_grid = True
 

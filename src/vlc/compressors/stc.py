@@ -193,5 +193,17 @@ class STCProjector(STCConnector):
 
     sits = "projector"
 
-    def __init__(self, dim: int, out_dim: int, hidden: int | None = None, **settings) -> None:
-        super().__init__(dim, hidden=hidden or out_dim, out_dim=out_dim, **settings)
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        hidden: int | None = None,
+        depth: int = 4,
+        kernel: Sequence[int] = (2, 2, 2),
+        padding: int = 1,
+        downsample: str = "conv",
+        mlp_depth: int = 2,
+        zero_init_last: bool = False,
+    ) -> None:
+        super().__init__(dim, hidden=hidden or out_dim, out_dim=out_dim, depth=depth, kernel=kernel, padding=padding,
+                         downsample=downsample, mlp_depth=mlp_depth, zero_init_last=zero_init_last)

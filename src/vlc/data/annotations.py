@@ -56,17 +56,22 @@ class AnnotationError(ValueError):
 _PLACEHOLDER = re.compile(r"\s*<(video|image)>\s*")
 
 _MC_KEYS = {"id", "video", "question", "candidates", "answer", "start", "end", "task", "meta"}
+MAX_CANDIDATES = 26  # options are lettered A-Z (prompt.answer_style=letter)
+MAX_TEXT_CHARS = 8000  # a question or answer longer than this is a data error, not a prompt (data.max_text_chars)
 _LLAVA_KEYS = {"id", "video", "conversations", "start", "end", "task", "meta"}
 
 
-def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None) -> list[Sample]:
+def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None,
+                 max_text_chars: int = MAX_TEXT_CHARS, confine: bool = False) -> list[Sample]:
     """Multiple-choice items (MVBench layout) from a JSON list or a JSON Lines file.
 
     Each item: ``video``, ``question``, ``candidates`` (list of str), ``answer`` (one of the
     candidates); optional ``start``/``end`` (seconds), ``id`` (default ``<file stem>-<index>``),
     ``task`` (default the file stem, as MVBench keeps one task per file) and ``meta`` (dict).
     Other keys are kept in ``meta``. Relative video paths are taken from ``video_root``, by
-    default the annotation file's folder.
+    default the annotation file's folder; ``confine`` refuses a path that leads outside it. At
+    most ``MAX_CANDIDATES`` options, none empty or a repeat of another up to case and spaces, and
+    no text longer than ``max_text_chars``.
     """
     path = Path(path)
     root = _video_root(path, video_root)
@@ -75,18 +80,28 @@ def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None =
     for index, line, item in _read_items(path):
         where = dict(path=path, index=index, line=line)
         video = _get(item, "video", str, **where)
-        question = _get(item, "question", str, **where)
+        question = _text(_get(item, "question", str, **where), "question", max_text_chars, **where)
         candidates = _get(item, "candidates", list, **where)
-        if len(candidates) < 2:
-            raise AnnotationError(path, f"{len(candidates)} candidates, expected at least 2", index, line, "candidates")
+        if not 2 <= len(candidates) <= MAX_CANDIDATES:
+            message = (f"{len(candidates)} candidates, expected 2 to {MAX_CANDIDATES} "
+                       f"(options are lettered A-Z)")
+            raise AnnotationError(path, message, index, line, "candidates")
+        seen: dict[str, int] = {}
         for k, option in enumerate(candidates):
             if not isinstance(option, str):
                 message = f"candidate {k} is {type(option).__name__} {option!r}, expected str"
                 raise AnnotationError(path, message, index, line, "candidates")
-            if option in candidates[:k]:
-                # The answer is scored by its position among the candidates: a repeat makes it ambiguous.
-                message = f"candidate {k} {option!r} repeats candidate {candidates.index(option)}"
+            if not option.strip():
+                raise AnnotationError(path, f"candidate {k} is empty {option!r}, expected text", index, line,
+                                      "candidates")
+            _text(option, f"candidate {k}", max_text_chars, **where)
+            # The answer is scored by its position among the candidates: a repeat (up to case and
+            # spaces, which the model cannot tell apart either) makes it ambiguous.
+            key = " ".join(option.lower().split())
+            if key in seen:
+                message = f"candidate {k} {option!r} repeats candidate {seen[key]} {candidates[seen[key]]!r}"
                 raise AnnotationError(path, message, index, line, "candidates")
+            seen[key] = k
         answer = _get(item, "answer", str, **where)
         if answer not in candidates:
             message = f"answer {answer!r} is not one of the candidates {candidates}"
@@ -96,7 +111,7 @@ def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None =
             first_use,
             Sample(
                 id=_id(item, f"{path.stem}-{index}", **where),
-                video=_resolve(root, video),
+                video=_resolve(root, video, confine, **where),
                 question=question,
                 answer=answer,
                 candidates=list(candidates),
@@ -109,7 +124,8 @@ def read_mc_json(path: str | os.PathLike, video_root: str | os.PathLike | None =
     return samples
 
 
-def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None) -> list[Sample]:
+def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | None = None,
+                    max_text_chars: int = MAX_TEXT_CHARS, confine: bool = False) -> list[Sample]:
     """Open-ended items (LLaVA layout) from a JSON list or a JSON Lines file.
 
     Each item: ``id``, ``video`` and ``conversations``, a list of ``{"from", "value"}`` turns. The
@@ -142,9 +158,14 @@ def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | Non
             message = f"no human turn followed by a gpt turn (roles: {roles})"
             raise AnnotationError(path, message, index, line, "conversations")
         question = _PLACEHOLDER.sub(" ", turns[pair]["value"]).strip()
+        if not question:
+            message = f"turn {pair} (human) has no question besides the video placeholder"
+            raise AnnotationError(path, message, index, line, "conversations")
         if not turns[pair + 1]["value"].strip():
             message = f"turn {pair + 1} (gpt) is empty: the answer to learn or score against is missing"
             raise AnnotationError(path, message, index, line, "conversations")
+        _text(question, f"turn {pair} (human)", max_text_chars, **where)
+        _text(turns[pair + 1]["value"], f"turn {pair + 1} (gpt)", max_text_chars, **where)
         meta = _meta(item, _LLAVA_KEYS, **where)
         if len(turns) > pair + 2:
             meta["conversations"] = turns
@@ -153,7 +174,7 @@ def read_llava_json(path: str | os.PathLike, video_root: str | os.PathLike | Non
             first_use,
             Sample(
                 id=_id(item, None, **where),
-                video=_resolve(root, video),
+                video=_resolve(root, video, confine, **where),
                 question=question,
                 answer=turns[pair + 1]["value"].strip(),
                 candidates=None,
@@ -182,12 +203,17 @@ def _read_items(path: Path) -> list[tuple[int, int | None, dict[str, Any]]]:
                 continue
             try:
                 items.append((len(items), lineno, json.loads(raw)))
+            except RecursionError:
+                raise AnnotationError(path, "JSON nested too deeply to read", len(items), lineno) from None
             except json.JSONDecodeError as error:
                 message = f"invalid JSON ({error.msg}, column {error.colno})"
                 raise AnnotationError(path, message, len(items), lineno) from error
     else:
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise AnnotationError(path, "JSON nested too deeply to read (an item holds lists or objects "
+                                        "thousands of levels deep); expected a list of flat objects") from None
         except json.JSONDecodeError as error:
             hint = "; one object per line is JSON Lines: name the file .jsonl" if error.msg == "Extra data" else ""
             message = f"invalid JSON ({error.msg}, column {error.colno}){hint}"
@@ -248,8 +274,24 @@ def _meta(item: dict, known: set[str], path: Path, index: int, line: int | None)
     return {**extra, **(meta or {})}
 
 
-def _resolve(root: Path, video: str) -> str:
-    return os.path.abspath(os.path.join(root, os.path.expanduser(video)))
+def _text(value: str, what: str, limit: int, path: Path, index: int, line: int | None) -> str:
+    if len(value) > limit:
+        message = (f"{what} is {len(value)} characters, over data.max_text_chars={limit}: a prompt that long is "
+                   f"a data error (raise the limit if it is not)")
+        raise AnnotationError(path, message, index, line)
+    return value
+
+
+def _resolve(root: Path, video: str, confine: bool = False, path: Path | None = None, index: int | None = None,
+             line: int | None = None) -> str:
+    resolved = os.path.abspath(os.path.join(root, os.path.expanduser(video)))
+    if confine:
+        real, base = os.path.realpath(resolved), os.path.realpath(root)
+        if os.path.commonpath([real, base]) != base:
+            message = (f"video {video!r} resolves to {real}, outside the video root {base} "
+                       f"(data.confine_videos=true)")
+            raise AnnotationError(path or root, message, index, line, "video")
+    return resolved
 
 
 def _video_root(path: Path, video_root: str | os.PathLike | None) -> Path:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from vlc.data.annotations import Sample, read_llava_json, read_mc_json
+from vlc.data.annotations import MAX_TEXT_CHARS, Sample, read_llava_json, read_mc_json
 from vlc.data.sampler import resumable
 from vlc.data.synthetic import ensure_synthetic
 from vlc.data.video import LazyClip, LazyFrames, VideoReadError, file_problem, open_video, read_video
@@ -307,6 +307,8 @@ class VideoDataModule(L.LightningDataModule):
         seed: int = 0,
         frame_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         lazy_decode: bool = False,
+        max_text_chars: int = MAX_TEXT_CHARS,
+        confine_videos: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -331,12 +333,18 @@ class VideoDataModule(L.LightningDataModule):
         )
         self.check_files = check_files
         self.lazy_decode = bool(lazy_decode)
+        self.reader_args = dict(max_text_chars=int(max_text_chars), confine=bool(confine_videos))
         self.max_skip_fraction = max_skip_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.datasets: dict[str, VideoQADataset] = {}
         self.skipped: dict[str, str] = {}  # video path → cause, every split, gathered from the batches
         self._skipped_by_split: dict[str, dict[str, None]] = {}  # split → its skipped paths, in order
         self._logged_skips = 0
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there is a validation split (synthetic data always has one)."""
+        return self.source == "synthetic" or bool(self.files["val"])
 
     @property
     def has_test(self) -> bool:
@@ -423,15 +431,16 @@ class VideoDataModule(L.LightningDataModule):
         for split, name in self.files.items():
             if name:
                 path = Path(name) if os.path.isabs(name) else Path(self.root) / name
-                splits[split] = reader(path, self.video_root)
+                splits[split] = reader(path, self.video_root, **self.reader_args)
         return splits
 
     def train_dataloader(self) -> DataLoader:
         # Shuffled by (seed, epoch), split across ranks, resumable mid-epoch: see vlc.data.sampler.
         return resumable(self._loader("train", shuffle=False), seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        # No val split (data.val_file=null): no loader, and Lightning trains without validating.
+        return self._loader("val", shuffle=False) if self.has_val else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

@@ -6,6 +6,7 @@ Train-time validation, ``eval.py``, NIAH and the lmms-eval model all evaluate th
 
     id, task, question, candidates, answer, prediction, correct, scores, meta, frames, batch_size
     pred_index                      (multiple choice: the option picked)
+    f1                              (open-ended: token F1 of the generated answer; correct = exact match)
     generated, pred_span, iou       (task "ground": the generated span and its IoU with meta["span"])
     <the compressor's report>       (e.g. budget's pool_stride)
     visual_tokens, kv_tokens, kv_bytes                 (per sample)
@@ -32,7 +33,7 @@ from vlc.evaluation.grounding import GROUND_TASK, THRESHOLDS, parse_span, span_i
 
 # The fields of a record that are not a compressor's report (every other number is one: see summarize).
 FIELDS = {"id", "task", "question", "candidates", "answer", "prediction", "pred_index", "correct", "scores", "meta",
-          "frames", "batch_size", "generated", "pred_span", "iou", "visual_tokens", "kv_tokens", "kv_bytes",
+          "frames", "batch_size", "generated", "pred_span", "iou", "f1", "visual_tokens", "kv_tokens", "kv_bytes",
           "encoder_ms", "prefill_ms", "context_ms", "peak_mem_mb", "base_mem_mb"}
 # Per-sample cost fields of a record (measure_context's names).
 COST_KEYS = ("visual_tokens", "kv_tokens", "kv_bytes", "encoder_ms", "prefill_ms", "context_ms", "peak_mem_mb")
@@ -43,6 +44,18 @@ def normalize_answer(text: str) -> str:
     """Lower case, punctuation and articles removed, spaces collapsed (SQuAD-style exact match)."""
     text = re.sub(r"[^\w\s]", " ", text.lower())
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1 of two answers after ``normalize_answer``: partial credit for open-ended text."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum(min(pred.count(w), ref.count(w)) for w in set(pred))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
 
 
 def select(batch: dict, rows: list[int]) -> dict:
@@ -70,8 +83,8 @@ def answer_records(pipeline: Any, batch: dict, ctx: Any, cost: dict[str, Any]) -
     open_ended = any(c is None for c in batch["candidates"])
     if open_ended:  # no options to score (LLaVA-style JSON): the answer is generated
         texts = [t.strip() for t in pipeline.generate_from(ctx, batch["questions"], batch["candidates"])]
-        answers = [dict(prediction=t, correct=normalize_answer(t) == normalize_answer(a), scores=[])
-                   for t, a in zip(texts, batch["answers"])]
+        answers = [dict(prediction=t, correct=normalize_answer(t) == normalize_answer(a), f1=round(token_f1(t, a), 4),
+                        scores=[]) for t, a in zip(texts, batch["answers"])]
     else:
         scores = pipeline.score_candidates(ctx, batch["questions"], batch["candidates"])
         picks = scores.argmax(1).tolist()
@@ -178,6 +191,9 @@ def summarize(records: list[dict[str, Any]], prefix: str = "val") -> dict[str, f
         out[f"{prefix}/acc_{task}"] = _mean(correct)
         out[f"{prefix}/n_{task}"] = len(correct)
     out[f"{prefix}/acc_task_mean"] = _mean(_mean(c) for c in by_task.values())
+    open_ended = [r["f1"] for r in records if "f1" in r]
+    if open_ended:  # exact match is acc; F1 gives partial credit
+        out[f"{prefix}/f1"] = _mean(open_ended)
     grounded = [r for r in records if "iou" in r]
     if grounded:
         ious = torch.tensor([r["iou"] for r in grounded], dtype=torch.float64)

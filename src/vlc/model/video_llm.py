@@ -142,9 +142,9 @@ class VideoLLM(L.LightningModule):
     def _build_compressor(cfg: dict | None, backbone) -> Compressor:
         """The compressor of ``cfg`` for ``backbone``, bound to its LLM. ``dim`` is the width where the
         compressor sits (the encoder's, or the LLM's for "projected"); "projector" ones get ``out_dim``."""
-        from vlc.compressors.base import compressor_class
+        from vlc.compressors.base import placement
 
-        sits = compressor_class(cfg["_target_"]).sits if cfg else "encoder"
+        sits = placement(cfg)
         dim = backbone.hidden_size if sits == "projected" else backbone.vision_dim
         facts = dict(out_dim=backbone.hidden_size) if sits == "projector" else {}
         made = build_compressor(cfg, dim=dim, pixel_std=backbone.pixel_std, question_dim=backbone.hidden_size, **facts)

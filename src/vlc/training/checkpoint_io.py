@@ -28,6 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage: keep Lightning's own transaction
             return super().save_checkpoint(checkpoint, path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -35,10 +36,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as error:  # a full disk, a read-only directory: say which file, once
+            raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error} "
+                                       f"(the previous {path.name} is kept)") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
         _fsync_dir(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of this checkpoint left by a process that was killed mid-write (its pid is gone)."""
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,1 @@
+"""vlc inside other harnesses (``lmms``: lmms-eval)."""
