@@ -137,7 +137,7 @@ def metadata(times: list[float], fps: float) -> dict:
 
 
 def placed(compressor, sits: str):
-    """The compressor run at another place than its class declares ("encoder", "projected", "projector")."""
+    """The compressor at another of its placements, as ``compressor.sits=projected`` puts it."""
     compressor.sits = sits
     return compressor
 

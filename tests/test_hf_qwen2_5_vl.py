@@ -17,7 +17,7 @@ from hf_tiny_qwen import batch_of, frames_at, hf_inputs, placed, tiny_qwen2_5_vl
 from vlc.backbone.hf import FAMILIES, build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
-from vlc.compressors.stc import STCConnector
+from vlc.compressors.stc import STCProjector
 from vlc.run import CONFIG_DIR
 
 QUESTION, ANSWER = "What color is the shape?", "red"
@@ -184,7 +184,7 @@ def test_stc_in_place_of_the_merger(checkpoint):
     """VideoLLaMA2's STC (v35: no padding) as the projector reads the pre-merge patches: 4 temporal
     groups of 4 × 8 → 2 of 2 × 4 at the LLM width, 16 tokens; their τ are the merged groups' times."""
     backbone = load(checkpoint)
-    stc = placed(STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0), "projector")
+    stc = STCProjector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0)  # compressor=stc_projector
     with torch.no_grad():
         logits, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc)
     assert ft.tokens.shape == (1, 2, 8, 64) and ft.grid == (2, 4) and ft.times.tolist() == [[0.5, 2.5]]

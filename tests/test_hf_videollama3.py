@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import VideoLlama3ForConditionalGeneration
 
-from hf_tiny_qwen import batch_of, frames_at, hf_inputs, placed, tiny_videollama3, videollm_from_config, vlc_forward
+from hf_tiny_qwen import batch_of, frames_at, hf_inputs, tiny_videollama3, videollm_from_config, vlc_forward
 from vlc.backbone.hf import build_backbone
 from vlc.compressors.diffp import DifferentialFramePruning
 from vlc.compressors.pool import SpatialPool
-from vlc.compressors.stc import STCConnector
+from vlc.compressors.stc import STCProjector
 from vlc.compressors.vst import VisualSummarizationTokens
 from vlc.model.prefill import continue_from
 from vlc.run import CONFIG_DIR
@@ -132,7 +132,7 @@ def test_stc_in_place_of_the_projector(checkpoint):
     """VideoLLaMA2's STC (v35) reads the vision model's 2 × 4 tokens per frame: 4 frames → 2 of
     1 × 2 at the LLM width, each behind the marker of its merged time (0.5 s, 2.5 s)."""
     backbone = load(checkpoint)
-    stc = placed(STCConnector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0), "projector")
+    stc = STCProjector(backbone.vision_dim, out_dim=backbone.hidden_size, padding=0)  # compressor=stc_projector
     with torch.no_grad():
         _, ft, span, _, _ = vlc_forward(backbone, frames_at(TIMES, 56, 112), TIMES, QUESTION, ANSWER, stc)
     assert ft.tokens.shape == (1, 2, 2, 64) and ft.times.tolist() == [[0.5, 2.5]]
