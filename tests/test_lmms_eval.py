@@ -29,7 +29,7 @@ KV_BYTES_PER_ENTRY = 2 * 2 * 2 * 32 * 4  # layers × (K, V) × kv heads × head 
 TASK_UTILS = '''
 import os
 
-from vlc.evaluation.loop import normalize_answer
+from vlc.evaluation.records import normalize_answer
 
 ROOT = {root!r}
 

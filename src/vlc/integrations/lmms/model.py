@@ -19,12 +19,12 @@ The two request kinds:
 - ``generate_until``: the task's prompt text is the question. It goes into vlc's chat template as
   ``eval.py``'s open-ended path puts a question (``PromptBuilder``, no option list: a task that
   wants options writes them into its prompt), the answer is generated greedily from the video's
-  context (``vlc.evaluation.loop.generate_batch``), cut at the first ``until`` string and bounded by
+  context (``VideoPipeline.generate_from``), cut at the first ``until`` string and bounded by
   ``max_new_tokens``.
 - ``loglikelihood``: a multiple-choice task sends one request per option, all with the same prompt.
   They are gathered per document; their continuations, stripped of the task's target delimiter,
   are the document's candidates, and vlc scores them as its own eval does
-  (``VideoLLM.score_candidates``: the options listed in the question as ``prompt.show_options``
+  (``VideoPipeline.score_candidates``: the options listed in the question as ``prompt.show_options``
   says, each option's text, or its letter under ``prompt.answer_style=letter``, scored after the
   question). lmms-eval picks the *smallest* first value (it expects a loss), so each request gets
   its option's negative log-likelihood, summed over the option's tokens as vlc sums it.
@@ -165,19 +165,21 @@ class Backend:
     ``batch`` turns documents into ``collate_video_qa``'s batch, decoded by the same dataset class
     ``eval.py`` reads through (so the same sampling, resizing, frame transform and lazy decoding);
     ``score`` and ``generate`` build the context with ``measure_context`` and continue from it as
-    ``VideoLLM.evaluate_batch`` and ``vlc.evaluation.loop.generate_batch`` do.
+    ``VideoLLM.evaluate_batch`` and ``VideoPipeline.generate_from`` do.
     """
 
     def __init__(self, cfg: DictConfig, device: str | None = None) -> None:
         import hydra
         import lightning as L
 
-        from vlc.evaluation.loop import eval_device
+        from vlc.config_check import check_config
         from vlc.run import load_eval_model
 
+        check_config(cfg)  # one paragraph naming the key, before a model is built (trainer=gpu without CUDA, …)
         L.seed_everything(cfg.seed)  # as vlc.run.evaluate: ckpt_path=null gives eval.py's random init
         self.model = load_eval_model(cfg)
-        self.device = torch.device(device) if device else eval_device(cfg.trainer.get("accelerator", "cpu"))
+        accelerator = cfg.trainer.get("accelerator", "cpu")
+        self.device = torch.device(device or ("cuda" if accelerator in ("gpu", "cuda") else "cpu"))
         self.precision = str(cfg.trainer.get("precision", "32-true"))
         self.model.eval().to(self.device)
         data = cfg.data
@@ -193,7 +195,7 @@ class Backend:
     def batch(self, docs: list[Doc]) -> dict[str, Any]:
         from vlc.data.annotations import Sample
         from vlc.data.datamodule import VideoQADataset, collate_video_qa
-        from vlc.evaluation.loop import to_device
+        from vlc.evaluation.efficiency import to_device
 
         sampling = dict(self.sampling)
         lazy = sampling.pop("lazy")
@@ -233,32 +235,30 @@ class Backend:
     @torch.no_grad()
     def score(self, batch: dict) -> tuple[torch.Tensor, list[VLCCost]]:
         """(B, K) summed log-likelihood of every candidate (-inf past a document's own K), and costs."""
-        from vlc.evaluation.efficiency import measure_context
-        from vlc.evaluation.loop import autocast
+        from vlc.evaluation.efficiency import autocast, measure_context
 
+        pipeline = self.model.pipeline
         with autocast(self.device, self.precision):
-            ctx, cost = measure_context(self.model, batch)
-            scores = self.model.score_candidates(ctx, batch["questions"], batch["candidates"])
+            ctx, cost = measure_context(pipeline, batch)
+            scores = pipeline.score_candidates(ctx, batch["questions"], batch["candidates"])
         return scores.float().cpu(), self._costs(batch, cost)
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int | None) -> tuple[list[str], list[VLCCost]]:
-        from vlc.evaluation.loop import autocast, generate_batch
+        from vlc.evaluation.efficiency import autocast, measure_context
 
-        default = self.model.max_new_tokens
-        self.model.max_new_tokens = int(max_new_tokens or default)
-        try:
-            with autocast(self.device, self.precision):
-                out = generate_batch(self.model, {**batch, "answers": [""] * len(batch["ids"])})
-        finally:
-            self.model.max_new_tokens = default
-        costs = self._costs(batch, out)
-        for c, text in zip(costs, out["texts"]):
-            c.output_tokens = len(self.model.prompt.encode(text))
-        return out["texts"], costs
+        pipeline = self.model.pipeline
+        with autocast(self.device, self.precision):
+            ctx, cost = measure_context(pipeline, batch)
+            texts = [t.strip() for t in pipeline.generate_from(ctx, batch["questions"], batch["candidates"],
+                                                                 max_new_tokens)]
+        costs = self._costs(batch, cost)
+        for c, text in zip(costs, texts):
+            c.output_tokens = len(pipeline.prompt.encode(text))
+        return texts, costs
 
     def _costs(self, batch: dict, cost: dict[str, Any]) -> list[VLCCost]:
-        prompt = self.model.prompt
+        prompt = self.model.pipeline.prompt
         prefix = len(prompt.prefix_ids())
         frames = batch["frame_mask"].sum(1)
         B = len(batch["ids"])
@@ -280,7 +280,7 @@ def cost_summary(records: list[dict[str, Any]]) -> dict[str, float]:
     """Per task and over all documents (``vlc/<task>/<field>``, ``vlc/<field>``): the mean of every
     cost field, p50/p90 of the latencies and the max of the peak memory, as ``eval.py`` aggregates
     them into ``metrics.json``, and the document count ``n``."""
-    from vlc.evaluation.loop import cost_summary as aggregate
+    from vlc.evaluation.records import cost_summary as aggregate
 
     out: dict[str, float] = {}
     tasks = sorted({r["task"] for r in records})
