@@ -49,6 +49,12 @@ class _Stream:
     memory: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer (b, Hkv, m, Dh), keys before RoPE
     pending: list[Tensor] = field(default_factory=list)  # raw visual embeds (b, n_i, D) not yet in a window
     visual_tokens: int = 0
+    # M-RoPE only: (3, b, n_i) positions of the pending tokens, (3, b, m) of the memory's entries (each
+    # keeps the position it was run with; None: the memory sits at 0 … m-1), and (b,) the largest
+    # position run so far, dropped raw tokens included (the text continues one past it).
+    pending_pos: list[Tensor] = field(default_factory=list)
+    positions: Tensor | None = None
+    seen: Tensor | None = None
 
     @property
     def buffered(self) -> int:
@@ -59,10 +65,14 @@ class _Stream:
         keys = self.memory[0][0] if self.memory else None
         return 0 if keys is None else keys.shape[2]
 
-    def take(self, n: int) -> Tensor:  # (b, n, D): the first n buffered raw tokens
+    def take(self, n: int) -> tuple[Tensor, Tensor | None]:  # (b, n, D), (3, b, n) or None: the first n buffered
         buf = torch.cat(self.pending, 1) if len(self.pending) > 1 else self.pending[0]
         self.pending = [buf[:, n:]] if buf.shape[1] > n else []
-        return buf[:, :n]
+        if not self.pending_pos:
+            return buf[:, :n], None
+        pos = torch.cat(self.pending_pos, 2)
+        self.pending_pos = [pos[:, :, n:]] if pos.shape[2] > n else []
+        return buf[:, :n], pos[:, :, :n]
 
     def split(self) -> list[_Stream]:
         """One stream per row, for when the samples' visual masks stop agreeing."""
@@ -72,6 +82,9 @@ class _Stream:
                 memory=[(k[j : j + 1], v[j : j + 1]) for k, v in self.memory],
                 pending=[p[j : j + 1] for p in self.pending],
                 visual_tokens=self.visual_tokens,
+                pending_pos=[p[:, j : j + 1] for p in self.pending_pos],
+                positions=None if self.positions is None else self.positions[:, j : j + 1],
+                seen=None if self.seen is None else self.seen[j : j + 1],
             )
             for j, row in enumerate(self.rows)
         ]
@@ -187,6 +200,11 @@ class VisualSummarizationTokens(CacheCompressor):
         sink (B, S, D) embedded prefix, sink_mask (B, S); visual: (embeds (B, n, D), mask (B, n))
         chunks in order, consumed lazily. The returned cache holds, per sample, sink KV then all
         beacon KV, keys rotated for positions 0..len-1, left-padded where samples differ in length.
+
+        On an M-RoPE LLM (Qwen2-VL family) a chunk may be (embeds, mask, positions (3, B, n)): the
+        span's 3-D positions, shifted past the prefix. Raw tokens then keep these positions, a beacon
+        takes the position of the raw token it follows, and the memory keeps its entries' positions
+        (docs/mrope.md); the text continues one past the largest position, as it would uncompressed.
         """
         layers, rotary = _decoder_parts(llm)
         if self.beacon_embed is None or len(self.beacon_q) != len(layers):
@@ -210,37 +228,44 @@ class VisualSummarizationTokens(CacheCompressor):
                 if sink_mask[s.rows[0]].any():
                     run.window(s, sink[s.rows[0], sink_mask[s.rows[0]]][None], ratio=None, visual=False)
 
-        for embeds, mask in visual:  # embeds (B, n, D), mask (B, n)
+        for embeds, mask, *pos in visual:  # embeds (B, n, D), mask (B, n)[, positions (3, B, n)]
             mask = mask.bool()
+            pos = run.check_positions(pos[0] if pos else None)
             if len(streams) == 1 and B > 1 and not mask.all():
                 streams = streams[0].split()
             for s in streams:
                 if len(s.rows) > 1:
-                    chunk = embeds  # lockstep: every mask so far is all-true
+                    chunk, chunk_pos = embeds, pos  # lockstep: every mask so far is all-true
                 else:
                     row = s.rows[0]
-                    chunk = embeds[row : row + 1] if mask[row].all() else embeds[row, mask[row]][None]
+                    keep = slice(None) if mask[row].all() else mask[row]
+                    chunk = embeds[row, keep][None]
+                    chunk_pos = None if pos is None else pos[:, row, keep][:, None]
                 if chunk.shape[1] == 0:
                     continue
                 s.pending.append(chunk)
+                if chunk_pos is not None:
+                    s.pending_pos.append(chunk_pos)
                 s.visual_tokens += chunk.shape[1]
                 self._run_full_windows(run, s)
 
         for s in streams:
             if s.buffered:  # the last window holds what remains and is still compressed
-                n = s.buffered
-                run.window(s, s.take(n), ratio=self._draw_ratio() if self.compress else None)
+                x, pos = s.take(s.buffered)
+                run.window(s, x, ratio=self._draw_ratio() if self.compress else None, pos=pos)
         return self._context(streams, B, rotary, sink.device)
 
     def _run_full_windows(self, run: _Runner, s: _Stream) -> None:
         while s.buffered >= self.window:
             if not self.compress:
-                run.window(s, s.take(self.window), ratio=None)
+                x, pos = s.take(self.window)
+                run.window(s, x, ratio=None, pos=pos)
                 continue
             r = self._draw_ratio()
             # A window compresses a whole number of beacon groups; the n % r raw tokens left over
             # open the next window (so no raw token is lost and every beacon sees r raw tokens).
-            run.window(s, s.take(self.window // r * r), ratio=r)
+            x, pos = s.take(self.window // r * r)
+            run.window(s, x, ratio=r, pos=pos)
 
     def training_ratios(self, step: int | None = None) -> tuple[int, ...]:
         """The ratios drawn from at compressed training step ``step`` (default: the current one)."""
@@ -261,13 +286,19 @@ class VisualSummarizationTokens(CacheCompressor):
             if s.length == 0:
                 raise ValueError(f"vst.prefill: sample {row} has neither prefix nor visual tokens")
         length = torch.tensor([s.length for _, s, _ in rows], device=device)  # (B,)
+        # Text continues at len with memory at 0..len-1; on M-RoPE one past the largest position run,
+        # where it would continue uncompressed.
+        next_position = torch.tensor(
+            [s.length if s.positions is None else int(s.seen[j]) + 1 for _, s, j in rows], device=device
+        )
         L = int(length.max())
         cache = DynamicCache()
         for i in range(len(self.beacon_q)):
             rotated = {}
             for s in streams:
                 k, v = s.memory[i]  # (b, Hkv, m, Dh), keys not yet rotated
-                cos, sin = rotary(v, torch.arange(s.length, device=device)[None])  # (1, m, Dh)
+                pos = torch.arange(s.length, device=device)[None] if s.positions is None else s.positions
+                cos, sin = rotary(v, pos)  # (1 or b, m, Dh)
                 rotated[id(s)] = (_rope(k, cos, sin), v)
             if len(streams) == 1:
                 keys, values = rotated[id(streams[0])]
@@ -277,7 +308,7 @@ class VisualSummarizationTokens(CacheCompressor):
             cache.update(keys, values, i)  # (B, Hkv, L, Dh)
         attention_mask = (torch.arange(L, device=device)[None] >= (L - length)[:, None]).long()  # (B, L)
         visual_tokens = torch.tensor([s.visual_tokens for _, s, _ in rows], device=device)
-        return Context(cache, attention_mask, length, visual_tokens)
+        return Context(cache, attention_mask, next_position, visual_tokens)
 
 
 def _problems(window, ratio, ratios, attention, curriculum, curriculum_steps) -> list[str]:
@@ -315,8 +346,17 @@ class _Runner:
     def __init__(self, vst: VisualSummarizationTokens, layers: nn.ModuleList, rotary: nn.Module):
         self.vst, self.layers, self.rotary = vst, layers, rotary
 
-    def window(self, s: _Stream, x: Tensor, ratio: int | None, visual: bool = True) -> None:
-        """x (b, n, D) raw embeds; ratio None: no beacons, keep all KV (the sink, or compress=False)."""
+    def check_positions(self, pos: Tensor | None) -> Tensor | None:
+        if pos is not None and getattr(self.rotary, "mrope_section", None) is None:
+            raise TypeError(
+                f"vst.prefill: the visual chunks carry 3-D positions but {type(self.rotary).__name__} is a 1-D "
+                "rotary embedding; pass (embeds, mask) chunks for this LLM"
+            )
+        return pos
+
+    def window(self, s: _Stream, x: Tensor, ratio: int | None, visual: bool = True, pos: Tensor | None = None) -> None:
+        """x (b, n, D) raw embeds; ratio None: no beacons, keep all KV (the sink, or compress=False);
+        pos (3, b, n) the raw tokens' M-RoPE positions, None on a 1-D RoPE LLM."""
         vst = self.vst
         b, n, _ = x.shape
         if ratio is None:
@@ -327,9 +367,14 @@ class _Runner:
             beacons = vst.beacon_embed.to(x.dtype).expand(b, nb, -1)  # (b, nb, D)
             h = torch.cat([x, beacons], 1)[:, plan.order]  # (b, n + nb, D) raw and beacons interleaved
         m, L = s.length, h.shape[1]
-        # Fresh contiguous positions: memory 0..m-1, this window m..m+L-1.
-        cos, sin = self.rotary(h, torch.arange(m + L, device=x.device)[None])  # (1, m + L, Dh)
-        vst.last_max_position = max(vst.last_max_position, m + L - 1)
+        position_ids = self.positions(s, pos, plan, ratio, L, x.device)  # (1, m + L) or (3, b, m + L)
+        cos, sin = self.rotary(h, position_ids)  # (1 or b, m + L, Dh)
+        vst.last_max_position = max(vst.last_max_position, int(position_ids.max()))
+        if position_ids.dim() == 3:  # M-RoPE: the memory keeps the positions of the entries it keeps
+            window = position_ids[:, :, m:] if plan is None else position_ids[:, :, m:][:, :, plan.beacon_slots]
+            s.positions = torch.cat([position_ids[:, :, :m], window], 2)  # (3, b, m + kept)
+            top = position_ids.amax(dim=(0, 2))  # (b,)
+            s.seen = top if s.seen is None else torch.maximum(s.seen, top)
         if visual:
             vst.last_windows.append((n, ratio or 0, nb))
         if not s.memory:
@@ -343,6 +388,29 @@ class _Runner:
             else:
                 h, k, v = self.layer(*args)
             s.memory[i] = (k, v)
+
+    @staticmethod
+    def positions(s: _Stream, pos: Tensor | None, plan, ratio: int | None, L: int, device) -> Tensor:
+        """Positions of [memory | window]. 1-D: fresh contiguous positions, memory 0..m-1 and the window
+        m..m+L-1. M-RoPE (pos (3, b, n) given): the memory's own positions; raw tokens keep theirs and
+        each beacon takes that of the raw token it follows, so nothing moves (docs/mrope.md)."""
+        m = s.length
+        memory = torch.arange(m, device=device)[None] if s.positions is None else s.positions
+        if pos is None:  # the sink, or a 1-D LLM
+            start = m if s.positions is None else int(s.positions.max()) + 1
+            window = start + torch.arange(L, device=device)[None]
+            if s.positions is None:
+                return torch.cat([memory, window], 1)  # (1, m + L)
+            window = window.expand(3, memory.shape[1], L)
+        elif plan is None:
+            window = pos  # (3, b, L)
+        else:
+            n = pos.shape[2]
+            last = torch.clamp((torch.arange(plan.beacon_slots.numel(), device=device) + 1) * ratio, max=n) - 1
+            window = torch.cat([pos, pos[:, :, last]], 2)[:, :, plan.order]  # (3, b, n + nb) in slot order
+        if memory.dim() == 2:
+            memory = memory.expand(3, window.shape[1], m)
+        return torch.cat([memory, window], 2)  # (3, b, m + L)
 
     def layer(self, i: int, h: Tensor, mem_k: Tensor | None, mem_v: Tensor | None, cos: Tensor, sin: Tensor, plan):
         """One decoder layer over a window. h (b, L, D); mem_* (b, Hkv, m, Dh) keys before RoPE, or None.

@@ -24,6 +24,8 @@ FAMILIES: dict[str, str] = {
     "llava_onevision": "vlc.backbone.hf.llava_onevision:LlavaOnevisionBackbone",
     "llava_next_video": "vlc.backbone.hf.llava_next_video:LlavaNextVideoBackbone",
     "videoxl": "vlc.backbone.hf.videoxl:VideoXLBackbone",
+    "qwen2_5_vl": "vlc.backbone.hf.qwen2_5_vl:Qwen25VLBackbone",
+    "videollama3": "vlc.backbone.hf.videollama3:VideoLLaMA3Backbone",
 }
 
 
