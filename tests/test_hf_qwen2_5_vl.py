@@ -246,3 +246,31 @@ def test_the_model_config_trains_and_evaluates_through_videollm(checkpoint):
         record = model.pipeline.evaluate(batch)[0]
     assert abs(float(loss) - float(two_pass)) <= 1e-5
     assert record["visual_tokens"] == 16 and len(record["scores"]) == 2
+
+
+def test_vst_through_the_pipeline_gets_the_spans_3d_positions(checkpoint):
+    """VideoLLM with compressor=vst on Qwen2.5-VL: uncompressed (compress=false), the windowed
+    prefill through the pipeline equals compressor=none's loss, which only holds if vst rotates with
+    the span's M-RoPE positions (shifted past the prefix); compressed, the cache holds beacons."""
+    from omegaconf import OmegaConf
+
+    from vlc.model.video_llm import VideoLLM
+    from vlc.run import CONFIG_DIR
+
+    def build(compressor):
+        cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / "qwen2_5_vl_3b.yaml"), resolve=True,
+                                     throw_on_missing=False)
+        cfg["backbone"].update(name_or_path=str(checkpoint), dtype="float32", attn_implementation="sdpa")
+        torch.manual_seed(0)
+        return VideoLLM(**cfg, compressor=compressor).eval()
+
+    times = TIMES[:4]
+    batch = batch_of(frames_at(times, 56, 112), times, QUESTION, ["red", "blue"], ANSWER)
+    vst = {"_target_": "vlc.compressors.vst.VisualSummarizationTokens", "window": 6, "ratio": 4, "ratios": [4]}
+    with torch.no_grad():
+        plain = build(None).pipeline.loss(batch)
+        windowed = build({**vst, "compress": False}).pipeline.loss(batch)
+        ctx = build(vst).pipeline.encode_context(batch)
+    torch.testing.assert_close(windowed, plain, atol=1e-5, rtol=1e-5)
+    prefix = int(ctx.length) - 4  # 16 visual tokens in windows of 4 and 4 (+ 4 and 4): one beacon per 4
+    assert prefix > 0 and int(ctx.visual_tokens[0]) == 16

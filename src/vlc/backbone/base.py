@@ -72,6 +72,16 @@ class Backbone(nn.Module):
     pixel_std: tuple[float, float, float]
     pretrained_compressor_state: Mapping[str, Mapping[str, Tensor]] = MappingProxyType({})
 
+    # Whether a cache compressor may have the video encoded a chunk of frames at a time. A backbone
+    # whose layout spans chunks (M-RoPE positions counted from the video's first frame, separators
+    # between frames) says False, and the whole video is encoded at once.
+    streams: bool = True
+
+    @property
+    def llm_tokens_per_frame(self) -> int:
+        """Visual tokens one frame puts into the LLM with no compressor (what vst's window counts)."""
+        return self.tokens_per_frame
+
     def encode(self, pixels: Tensor, frame_mask: Tensor, times: Tensor) -> tuple[FrameTokens, Tensor]:
         """uint8 frames (B, T, 3, H, W) → (FrameTokens (B, T, N, vision_dim), normalised pixels
         (B, T, 3, S, S)). Padded frames (frame_mask False) are masked out."""

@@ -111,16 +111,18 @@ class VideoPipeline(nn.Module):
         B = batch["pixels"].shape[0]
         sink, sink_mask = self._prefix(B)
         cache = compress and self.compressor.kind == "cache"
-        if cache and self.compressor.streaming:
+        if cache and self.compressor.streaming and self.backbone.streams:
             count: list[Tensor] = []
-            chunk = self.compressor.chunk_frames(self.backbone.tokens_per_frame)
+            chunk = self.compressor.chunk_frames(self.backbone.llm_tokens_per_frame)
             ctx = self.compressor.prefill(self.backbone.llm, sink, sink_mask, self._stream(batch, chunk, watch, count))
             ctx.visual_tokens = torch.stack(count).sum(0) if count else torch.zeros(B, dtype=torch.long)
             return ctx
         with watch.span("encoder"):  # lazily decoded frames are decoded here, all at once
             span, visual_tokens = self._span(batch, compress)
         if cache:
-            ctx = self.compressor.prefill(self.backbone.llm, sink, sink_mask, [(span.embeds, span.mask)])
+            chunk = (span.embeds, span.mask) if span.positions is None else (
+                span.embeds, span.mask, span.positions + sink.shape[1])  # M-RoPE: past the prefix
+            ctx = self.compressor.prefill(self.backbone.llm, sink, sink_mask, [chunk])
             ctx.visual_tokens = visual_tokens
             return ctx
         embeds, mask, positions = self._sequence(sink, span)

@@ -142,6 +142,10 @@ class Qwen25VLBackbone(Backbone):
     frame_size: the (height, width) ``tokens_per_frame`` is quoted for (frames of other sizes work).
     """
 
+    # Temporal positions count from the video's first group and frames pair up across a chunk edge:
+    # a cache compressor gets the whole video at once (docs/mrope.md).
+    streams = False
+
     family = "qwen2_5_vl"
 
     def __init__(self, model: Qwen2_5_VLForConditionalGeneration, processor, frame_size: Sequence[int] = (448, 448)

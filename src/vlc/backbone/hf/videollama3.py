@@ -44,6 +44,9 @@ class VideoLLaMA3Backbone(Backbone):
                             budget over the frames, so tokens per frame fall as frames grow).
     """
 
+    # Frames are joined by "," separators that a chunk boundary would drop: no streaming.
+    streams = False
+
     family = "videollama3"
 
     def __init__(
