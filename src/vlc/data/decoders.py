@@ -10,7 +10,8 @@ so the caller can shrink each chunk to the encoder's size before the next is dec
 - ``PyAVReader``: decodes forward and converts only the wanted frames to RGB; it seeks only when
   the next wanted frame lies past a keyframe ahead of the decoder (another group of pictures),
   since seeking costs a keyframe decode and seeking for every frame of a dense sample is several
-  times slower than decoding through. It matches decoded frames to the timeline by timestamp.
+  times slower than decoding through. Frames that no other frame refers to and that are not
+  wanted are not decoded at all. Decoded frames are matched to the timeline by timestamp.
 """
 
 from __future__ import annotations
@@ -98,23 +99,21 @@ class PyAVReader:
         # decoding the frame itself.
         self.to_rgb = VideoReformatter()
         self.decoded: Iterator | None = None  # frames from the decoder's position on
+        self.wanted: set[int] = set()  # timestamps of the frames asked for: the only ones decoded if unreferenced
         self.next = 0  # the frame number the decoder yields next
         self.seeks = 0  # seeks so far (tests pin how often it seeks)
 
     def frames(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-        out: list[np.ndarray] = []
+        # One frame at a time: PyAV hands frames over one by one anyway, and stacking them into
+        # chunks would only copy full-size pixels once more.
+        self.wanted = {int(t) for t in self.timeline.pts[indices]}
         try:
             for index in indices.tolist():
-                out.append(self._frame(int(index)))
-                if len(out) == chunk:
-                    yield np.stack(out)
-                    out = []
+                yield self._frame(int(index))[None]  # (1, H, W, 3) uint8
         except VideoReadError:
             raise
         except Exception as error:  # noqa: BLE001
             raise VideoReadError(self.path, diagnose(self.path, error)) from error
-        if out:
-            yield np.stack(out)
 
     def _frame(self, index: int) -> np.ndarray:
         key = self.timeline.keyframe_before(index)
@@ -165,7 +164,11 @@ class PyAVReader:
         self.decoded, self.next = self._decode_from_here(), 0
 
     def _decode_from_here(self) -> Iterator:
+        ctx = self.stream.codec_context
         for packet in self.container.demux(self.stream):
+            # A frame no other frame refers to (most B-frames) need not be decoded unless it is
+            # wanted: the decoder drops it unseen. Without a timestamp a packet is always decoded.
+            ctx.skip_frame = "NONREF" if packet.pts is not None and packet.pts not in self.wanted else "DEFAULT"
             yield from packet.decode()  # the last, empty packet flushes the decoder
 
     def close(self) -> None:

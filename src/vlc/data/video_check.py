@@ -160,8 +160,8 @@ def is_memory_error(error: BaseException) -> bool:
 
 
 def memory_cause(error: BaseException) -> str:
-    return (f"out of memory while decoding ({short(error)}); lower data.frame_size or data.num_frames, "
-            f"or use fewer data.num_workers")
+    return (f"out of memory while decoding ({short(error)}); the file may well be fine: lower data.num_frames "
+            f"or data.frame_size, or use fewer data.num_workers")
 
 
 def diagnose(path: str, error: BaseException) -> str:
