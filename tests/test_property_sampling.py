@@ -125,3 +125,36 @@ def test_decoded_clip_times_match_the_sampler(num_total, native_fps, num_frames,
     decoded_levels = clip.frames.float().mean((1, 2, 3)).numpy()
     nearest = np.abs(decoded_levels[:, None] - levels[None, :].astype(float)).argmin(1)
     assert nearest.tolist() == indices.tolist()
+
+
+def _before(num_total, native_fps, num_frames, fps, max_frames, start, end):
+    """The sampler as it was before it read timestamps (index arithmetic at a constant rate), restated."""
+    lo = 0 if start is None else math.ceil(start * native_fps - 1e-6)
+    hi = num_total if end is None else math.floor(end * native_fps + 1e-6) + 1
+    lo = min(max(lo, 0), num_total - 1)
+    hi = min(max(hi, lo + 1), num_total)
+    n = hi - lo
+    if num_frames is not None:
+        k = np.arange(num_frames, dtype=np.int64)
+        return lo + (2 * k + 1) * n // (2 * num_frames)
+    step = max(native_fps / fps, 1.0)
+    count = max(1, math.ceil(n / step - 1e-9))
+    indices = np.minimum(np.floor(np.arange(count) * step + 1e-6).astype(np.int64), n - 1)
+    if max_frames is not None and len(indices) > max_frames:
+        k = np.arange(max_frames, dtype=np.int64)
+        indices = indices[(2 * k + 1) * len(indices) // (2 * max_frames)]
+    return lo + indices
+
+
+@settings(max_examples=300, deadline=None)
+@given(video=video_and_window(), num_frames=st.none() | st.integers(1, 512), target_fps=st.floats(0.05, 240.0),
+       max_frames=st.none() | st.integers(1, 512))
+def test_constant_rate_sampling_is_what_it_was(video, num_frames, target_fps, max_frames):
+    """At a constant rate, sampling by time picks exactly the frames index arithmetic picked."""
+    num_total, native_fps, start, end = video
+    if _past_the_end(num_total, native_fps, start):
+        return  # an error now (the test above); it used to be the last frame repeated
+    fps = None if num_frames is not None else target_fps
+    got = sample_indices(num_total, native_fps, num_frames=num_frames, fps=fps, max_frames=max_frames,
+                         start=start, end=end)
+    assert got.tolist() == _before(num_total, native_fps, num_frames, fps, max_frames, start, end).tolist()

@@ -102,6 +102,7 @@ class PyAVReader:
         self.wanted: set[int] = set()  # timestamps of the frames asked for: the only ones decoded if unreferenced
         self.next = 0  # the frame number the decoder yields next
         self.seeks = 0  # seeks so far (tests pin how often it seeks)
+        self.gop = timeline.gop
 
     def frames(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
         # One frame at a time: PyAV hands frames over one by one anyway, and stacking them into
@@ -117,7 +118,10 @@ class PyAVReader:
 
     def _frame(self, index: int) -> np.ndarray:
         key = self.timeline.keyframe_before(index)
-        if self.decoded is None or index < self.next or key > self.next:
+        # Seek when going back, or when the wanted frame is a group of pictures or more ahead and a
+        # keyframe lies between; nearer frames are reached faster by decoding on.
+        ahead = key > self.next and index - self.next >= self.gop
+        if self.decoded is None or index < self.next or ahead:
             self._seek(key)
         while True:
             frame, n = self._decode_next()

@@ -64,6 +64,12 @@ class Timeline:
         num, den = self.time_base.numerator, self.time_base.denominator
         return (ticks.astype(np.float64) * num / den).astype(np.float32)
 
+    @property
+    def gop(self) -> int:
+        """Frames per group of pictures: the median keyframe interval (the whole stream if one keyframe)."""
+        marked = np.flatnonzero(self.keyframe)
+        return int(np.median(np.diff(marked))) if len(marked) > 1 else self.num_frames
+
     def keyframe_before(self, index: int) -> int:
         """The last keyframe at or before frame ``index`` (frame 0 when none is marked)."""
         marked = np.flatnonzero(self.keyframe[: index + 1])
