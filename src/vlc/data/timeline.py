@@ -19,7 +19,9 @@ the same frames and report the same times:
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -77,7 +79,21 @@ class Timeline:
 
 
 def read_timeline(path: str) -> Timeline:
-    """The timeline of the first video stream of ``path``; a ``VideoReadError`` naming the cause if there is none."""
+    """The timeline of the first video stream of ``path``; a ``VideoReadError`` naming the cause if there is none.
+
+    Kept for the last ``TIMELINES_KEPT`` files (per process), keyed by size and modification time,
+    so a dataset's next epoch does not demux its videos again (about 14 µs a frame: 1.4 s for a
+    100k-frame video). Failures are not kept.
+    """
+    info = os.stat(path)
+    return _read_timeline(path, info.st_size, info.st_mtime_ns)
+
+
+TIMELINES_KEPT = 256  # about 9 bytes a frame each
+
+
+@functools.lru_cache(maxsize=TIMELINES_KEPT)
+def _read_timeline(path: str, size: int, mtime_ns: int) -> Timeline:
     import av
 
     try:
@@ -153,6 +169,8 @@ def _build(pts, dts, durations, keys, time_base, rate, rotation, coded_hw) -> Ti
         last = packet_ticks if packet_ticks > 0 else max(1, round(1 / (rate * time_base))) if rate > 0 else 1
     if not rate > 0:
         rate = len(ticks) / float((int(ticks[-1]) + last - int(ticks[0])) * time_base)
+    ticks.setflags(write=False)  # shared by every clip of the file (the cache): nobody may change it
+    keyframe.setflags(write=False)
     return Timeline(ticks, int(ticks[-1]) + max(1, last), time_base, keyframe, rotation, coded_hw, float(rate))
 
 
