@@ -85,7 +85,10 @@ def open_decord(path: str):
 class PyAVReader:
     applies_rotation = False
 
-    def __init__(self, path: str, timeline: Timeline) -> None:
+    def __init__(self, path: str, timeline: Timeline, wanted: np.ndarray | None = None) -> None:
+        """``wanted``: every frame index this reader will be asked for (default: all frames). Frames
+        outside it are left undecoded where nothing refers to them; the decoder reads a few packets
+        ahead, so a frame asked for later must be known now."""
         import av
         from av.video.reformatter import VideoReformatter
 
@@ -99,7 +102,8 @@ class PyAVReader:
         # decoding the frame itself.
         self.to_rgb = VideoReformatter()
         self.decoded: Iterator | None = None  # frames from the decoder's position on
-        self.wanted: set[int] = set()  # timestamps of the frames asked for: the only ones decoded if unreferenced
+        # timestamps of the frames that may be asked for: the only unreferenced frames decoded
+        self.wanted = {int(t) for t in (timeline.pts if wanted is None else timeline.pts[np.asarray(wanted)])}
         self.next = 0  # the frame number the decoder yields next
         self.seeks = 0  # seeks so far (tests pin how often it seeks)
         self.gop = timeline.gop
@@ -107,7 +111,9 @@ class PyAVReader:
     def frames(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
         # One frame at a time: PyAV hands frames over one by one anyway, and stacking them into
         # chunks would only copy full-size pixels once more.
-        self.wanted = {int(t) for t in self.timeline.pts[indices]}
+        missing = [int(i) for i in indices if int(self.timeline.pts[i]) not in self.wanted]
+        if missing:
+            raise ValueError(f"PyAVReader({self.path}): frames {missing[:5]} were not among the wanted frames")
         try:
             for index in indices.tolist():
                 yield self._frame(int(index))[None]  # (1, H, W, 3) uint8

@@ -191,7 +191,7 @@ class LazyClip:
                 _warn_fallback(self.path, error.cause)
                 self.backend, self._reader = "av", None
         if self._reader is None:
-            self._reader = PyAVReader(self.path, self.timeline)
+            self._reader = PyAVReader(self.path, self.timeline, wanted=self.indices)
         yield from self._reader.frames(unique[done:], chunk)
 
 
