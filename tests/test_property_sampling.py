@@ -146,7 +146,7 @@ def _before(num_total, native_fps, num_frames, fps, max_frames, start, end):
     return lo + indices
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(video=video_and_window(), num_frames=st.none() | st.integers(1, 512), target_fps=st.floats(0.05, 240.0),
        max_frames=st.none() | st.integers(1, 512))
 def test_constant_rate_sampling_is_what_it_was(video, num_frames, target_fps, max_frames):
