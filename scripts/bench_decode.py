@@ -212,7 +212,8 @@ def bench(video: Path, label: str, frames: int, size: int, backends: list[str], 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| clip | backend | path | wall (s) | CPU (s) | peak memory above baseline (MB) | pixels vs before (mean / max abs) | same times |",
+    lines = ["| clip | backend | path | wall (s) | CPU (s) | peak memory above baseline (MB) "
+             "| pixels vs before (mean / max abs) | same times |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pixels = f"{r['mean_diff']:.3f} / {r['max_diff']}" if r.get("mean_diff") is not None else "–"
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     backends = args.backends.split(",")
     make_clip(cache / "warmup.mp4", 1.0, 64, 64)
     label = f"{args.seconds:g} s {args.height}p"
-    video = make_clip(cache / f"pan-{args.seconds:g}s-{args.height}x{args.width}.mp4", args.seconds, args.height, args.width)
+    name = f"pan-{args.seconds:g}s-{args.height}x{args.width}.mp4"
+    video = make_clip(cache / name, args.seconds, args.height, args.width)
     rows = bench(video, label, args.frames, args.size, backends, args.repeats, cache)
     if args.long:
         long = make_clip(cache / "pan-600s-360x640.mp4", 600.0, 360, 640)

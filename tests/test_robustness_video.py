@@ -140,7 +140,8 @@ def test_file_problem_is_the_decode_free_subset(files):
     assert file_problem(files["corrupt"]) is None and file_problem(files["audio_only"]) is None
     # Special files get their true cause (they used to read "missing file" or "zero-byte file").
     assert file_problem(files["symlink_loop"]) == "symlink loop (too many levels of symbolic links)"
-    assert file_problem(files["broken_symlink"]) == f"broken symlink (its target {files['broken_symlink'].parent / 'gone.mp4'} does not exist)"
+    target = files["broken_symlink"].parent / "gone.mp4"
+    assert file_problem(files["broken_symlink"]) == f"broken symlink (its target {target} does not exist)"
     assert file_problem(files["fifo"]) == "not a regular file (FIFO)"
     assert file_problem(files["dev_zero"]) == "not a regular file (character device)"
 

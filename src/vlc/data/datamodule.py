@@ -450,7 +450,8 @@ def _pad_color(color) -> tuple[int, int, int]:
     except TypeError:
         values = ()
     if len(values) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in values):
-        raise ValueError(f"data.pad_color={color!r}, expected three integers 0-255 (R, G, B), e.g. {list(CLIP_MEAN_RGB)}")
+        raise ValueError(f"data.pad_color={color!r}, expected three integers 0-255 (R, G, B), "
+                         f"e.g. {list(CLIP_MEAN_RGB)}")
     return values
 
 

@@ -90,7 +90,7 @@ def frames_in_window(
     """
     n = len(pts)
     if n < 1:
-        raise ValueError(f"frames_in_window: no frames, expected at least 1")
+        raise ValueError("frames_in_window: no frames, expected at least 1")
     if start is not None and end is not None and end < start:
         raise ValueError(f"frames_in_window: end={end} < start={start}")
     first = int(pts[0])

@@ -102,7 +102,8 @@ def _read_timeline(path: str, size: int, mtime_ns: int) -> Timeline:
                 raise VideoReadError(path, f"a still image ({container.format.name}), not a video")
             if not container.streams.video:
                 kinds = sorted({s.type for s in container.streams})
-                raise VideoReadError(path, "no video stream in the file" + (f" (only {', '.join(kinds)})" if kinds else ""))
+                only = f" (only {', '.join(kinds)})" if kinds else ""
+                raise VideoReadError(path, f"no video stream in the file{only}")
             stream = container.streams.video[0]
             if stream.codec_context is None:
                 raise VideoReadError(path, NO_DECODER)
