@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlc.data.sampling import fps_indices, frame_times, indices_in_window, sample_indices, uniform_indices
+from vlc.data.sampling import ClipWindowError, fps_indices, frame_times, indices_in_window, sample_indices, uniform_indices
 from vlc.data.synthetic import PALETTE, make_needle_frames, sample_rng, write_mp4
 from vlc.data.video import VideoReadError, read_video, video_info
 
@@ -59,7 +59,11 @@ def test_window_bounds():
     assert indices_in_window(32, 4.0, 1.0, 2.0) == (4, 9)  # t = 1.0, 1.25, …, 2.0 inclusive
     assert indices_in_window(32, 4.0, 1.1, 1.2) == (5, 6)  # no timestamp inside: next frame
     assert indices_in_window(32, 4.0, 7.0, 100.0) == (28, 32)
-    assert indices_in_window(32, 4.0, 50.0, 60.0) == (31, 32)  # past the end: the last frame
+    assert indices_in_window(32, 4.0, 7.9, 60.0) == (31, 32)  # starts inside the last frame: that frame
+    with pytest.raises(ClipWindowError, match=r"start=50 s, end=60 s lies outside the video \(duration 8.000 s"):
+        indices_in_window(32, 4.0, 50.0, 60.0)  # wholly past the end: an error, not the last frame repeated
+    with pytest.raises(ClipWindowError, match="lies outside the video"):
+        indices_in_window(32, 4.0, 8.0, None)  # the video ends at 8.0 s: nothing is shown from then on
     assert sample_indices(32, 4.0, num_frames=2, start=1.0, end=2.0).tolist() == [5, 7]
     assert sample_indices(32, 4.0, fps=1.0, start=1.0, end=3.0).tolist() == [4, 8, 12]
     with pytest.raises(ValueError, match="exactly one of num_frames"):
@@ -208,23 +212,28 @@ def test_unreadable_video_raises_naming_path_and_cause(broken_files, backend, ki
     assert str(path) in str(info.value) and info.value.path == str(path)
 
 
-def test_zero_frame_stream_is_reported(needle_video, monkeypatch):
-    # FFmpeg's muxers drop a video track without frames, so fake what decord would report.
+def test_decord_numbering_is_trusted_only_when_it_agrees_with_the_timestamps(needle_video, monkeypatch, caplog):
+    """decord numbers frames itself; a reader that counts other frames than the stream's timestamps
+    would return the wrong frames for the right times, so such a file is read with PyAV (warned once)."""
     import decord
 
-    class EmptyReader:
+    from vlc.data import video as video_module
+
+    real = decord.VideoReader
+
+    class ShortReader:
         def __init__(self, *args, **kwargs):
-            pass
+            self.inner = real(*args, **kwargs)
 
         def __len__(self):
-            return 0
+            return len(self.inner) - 1
 
-        def get_avg_fps(self):
-            return 4.0
-
-    monkeypatch.setattr(decord, "VideoReader", EmptyReader)
-    with pytest.raises(VideoReadError, match="zero frames in the video stream"):
-        read_video(needle_video[0], num_frames=4)
+    monkeypatch.setattr(decord, "VideoReader", ShortReader)
+    monkeypatch.setattr(video_module, "_warned_decord_fallback", False)
+    clip = read_video(needle_video[0], num_frames=4, backend="decord")
+    expected = read_video(needle_video[0], num_frames=4, backend="av")
+    assert torch.equal(clip.frames, expected.frames) and clip.times.tolist() == [0.5, 1.5, 2.5, 3.5]
+    assert "decord counts 15 frames, the stream's timestamps 16; decoding it with PyAV" in caplog.text
 
 
 def test_read_video_argument_errors(needle_video):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(frames[0]).save(f["gif"])
     f["directory"] = root / "a_folder.mp4"
     f["directory"].mkdir()
+    f["symlink_loop"] = root / "loop.mp4"  # loop.mp4 → loop2.mp4 → loop.mp4
+    os.symlink(root / "loop2.mp4", f["symlink_loop"])
+    os.symlink(f["symlink_loop"], root / "loop2.mp4")
+    f["broken_symlink"] = root / "dangling.mp4"
+    os.symlink(root / "gone.mp4", f["broken_symlink"])
+    f["fifo"] = root / "pipe.mp4"  # reading it would block for ever: it must never be opened
+    os.mkfifo(f["fifo"])
+    f["dev_zero"] = Path("/dev/zero")  # endless zero bytes that stat() calls empty
     return f
 
 
@@ -97,6 +106,10 @@ CASES = [  # (file, the cause the message gives, verbatim)
     ("zero_frames", "zero frames in the video stream (zero duration)"),
     ("png_as_mp4", "a still PNG image, not a video"),
     ("jpeg_as_mp4", "a still JPEG image, not a video"),
+    ("symlink_loop", "symlink loop (too many levels of symbolic links)"),
+    ("broken_symlink", "broken symlink (its target "),
+    ("fifo", "not a regular file (FIFO)"),
+    ("dev_zero", "not a regular file (character device)"),
 ]
 
 
@@ -125,6 +138,12 @@ def test_file_problem_is_the_decode_free_subset(files):
     assert file_problem(files["jpeg_as_mp4"]) == "a still JPEG image, not a video"
     # Needs decoding to tell: left to read_video.
     assert file_problem(files["corrupt"]) is None and file_problem(files["audio_only"]) is None
+    # Special files get their true cause (they used to read "missing file" or "zero-byte file").
+    assert file_problem(files["symlink_loop"]) == "symlink loop (too many levels of symbolic links)"
+    target = files["broken_symlink"].parent / "gone.mp4"
+    assert file_problem(files["broken_symlink"]) == f"broken symlink (its target {target} does not exist)"
+    assert file_problem(files["fifo"]) == "not a regular file (FIFO)"
+    assert file_problem(files["dev_zero"]) == "not a regular file (character device)"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -168,3 +187,68 @@ def test_error_type_and_path_survive_a_dataloader_worker(files):
         next(iter(loader))
     assert info.value.path == str(files["corrupt"])
     assert info.value.cause.startswith("cannot decode: file corrupt or truncated")
+
+
+# ---------------------------------------------------------------------------------------------
+# a clip window past the end of the video; a memory error while decoding
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_window_past_the_end_names_the_file_and_the_duration(files, backend):
+    """It used to give the last frame repeated, silently; an end past the end is only clipped."""
+    path = files["good"]  # 16 frames at 4 fps: 4.0 s
+    with pytest.raises(VideoReadError) as info:
+        read_video(path, num_frames=4, start=12.0, end=14.0, backend=backend)
+    assert str(info.value) == (f"cannot read video {path}: clip window start=12 s, end=14 s lies outside the video "
+                               f"(duration 4.000 s, 16 frames): it must begin before 4.000 s and end at or after 0 s")
+    with pytest.raises(VideoReadError, match="start=4 s, end=None lies outside the video"):
+        read_video(path, fps=4.0, start=4.0, backend=backend)  # the last frame ends at 4.0 s
+    clipped = read_video(path, fps=4.0, start=3.0, end=100.0, backend=backend)  # annotations round: clipped
+    assert clipped.times.tolist() == [3.0, 3.25, 3.5, 3.75]
+
+
+def test_clip_window_past_the_end_is_skipped_naming_the_item(files, caplog):
+    late = Sample(id="late-item", video=str(files["good"]), question="q", answer="a", candidates=["a", "b"],
+                  start=30.0, end=40.0)
+    fine = Sample(id="fine", video=str(files["good"]), question="q", answer="a", candidates=["a", "b"])
+    with caplog.at_level(logging.WARNING, logger="vlc.data.datamodule"):
+        item = VideoQADataset([late, fine], num_frames=2, on_error="skip", max_skip_fraction=0.5)[0]
+    assert item["id"] == "fine" and item["skipped"][0][1] == "late-item"
+    assert "skipping sample late-item" in caplog.text and "lies outside the video (duration 4.000 s" in caplog.text
+
+
+def test_memory_error_while_decoding_is_reported_as_one(files, monkeypatch):
+    """PyAV: an allocation failure converting a frame used to read "file corrupt or truncated"."""
+    import av.video.reformatter
+
+    class NoMemory:
+        def reformat(self, *args, **kwargs):
+            raise MemoryError("cannot allocate the RGB frame")
+
+    monkeypatch.setattr(av.video.reformatter, "VideoReformatter", NoMemory)
+    with pytest.raises(VideoReadError) as info:
+        read_video(files["good"], num_frames=4, backend="av")
+    assert info.value.cause.startswith("out of memory while decoding (MemoryError: cannot allocate the RGB frame); "
+                                       "the file may well be fine")
+    assert info.value.path == str(files["good"]) and "corrupt" not in str(info.value)
+
+
+def test_decord_out_of_memory_is_reported_not_retried_with_pyav(files, monkeypatch):
+    """decord: a C++ bad_alloc used to look like a file decord cannot read, and PyAV silently tried again."""
+    import decord
+
+    real = decord.VideoReader
+
+    class Reader:
+        def __init__(self, *args, **kwargs):
+            self.inner = real(*args, **kwargs)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def get_batch(self, indices):
+            raise RuntimeError("std::bad_alloc")
+
+    monkeypatch.setattr(decord, "VideoReader", Reader)
+    with pytest.raises(VideoReadError, match=r"out of memory while decoding \(RuntimeError: std::bad_alloc\)"):
+        read_video(files["good"], num_frames=4, backend="decord")

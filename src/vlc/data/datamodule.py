@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vlc.data.annotations import MAX_TEXT_CHARS, Sample, read_llava_json, read_mc_json
+from vlc.data.frames import CLIP_MEAN_RGB, check_aspect
 from vlc.data.sampler import resumable
 from vlc.data.synthetic import ensure_synthetic
 from vlc.data.video import LazyClip, LazyFrames, VideoReadError, file_problem, open_video, read_video
@@ -62,6 +63,9 @@ class VideoQADataset(Dataset):
     ``frame_transform`` is applied to the (T, 3, H, W) uint8 frames and should keep that layout
     (normalisation happens in the model, which knows its encoder's mean and std).
 
+    ``aspect`` / ``pad_color``: how a frame whose shape differs from ``frame_size`` is fitted to it
+    (``vlc.data.frames``: pad on the mean colour, centre-crop, or squash).
+
     ``lazy=True`` samples the frames but decodes nothing: ``"frames"`` is a ``LazyClip`` that
     decodes a range at a time (``frame_transform`` then applies to each decoded range), and
     ``collate_video_qa`` batches such clips into a ``LazyFrames``. Streaming ``vst`` then holds
@@ -82,11 +86,14 @@ class VideoQADataset(Dataset):
         split: str = "",
         lazy: bool = False,
         substitute: bool = True,
+        aspect: str = "pad",
+        pad_color: tuple[int, int, int] | list[int] = CLIP_MEAN_RGB,
     ) -> None:
         if (num_frames is None) == (fps is None):
             raise ValueError(
                 f"VideoQADataset: give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}"
             )
+        check_aspect(aspect)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"VideoQADataset: on_error={on_error!r}, expected 'raise' or 'skip'")
         if not 0.0 <= max_skip_fraction <= 1.0:
@@ -101,6 +108,7 @@ class VideoQADataset(Dataset):
         self.split = split
         self.lazy = bool(lazy)
         self.substitute = bool(substitute)
+        self.aspect, self.pad_color = aspect, _pad_color(pad_color)
         self.num_skips = 0  # times a failing sample was replaced by another
         self.failed: dict[int, str] = {}  # index → cause; a known-bad file is not decoded again
 
@@ -190,7 +198,7 @@ class VideoQADataset(Dataset):
         if self.lazy:
             lazy = open_video(sample.video, num_frames=self.num_frames, fps=self.fps, max_frames=self.max_frames,
                               start=sample.start, end=sample.end, backend=self.backend, size=self.size,
-                              transform=self.frame_transform)
+                              transform=self.frame_transform, aspect=self.aspect, pad_color=self.pad_color)
             return {"id": sample.id, "frames": lazy, "times": lazy.times, "question": sample.question,
                     "answer": sample.answer, "candidates": sample.candidates, "task": sample.task,
                     "meta": sample.meta}
@@ -203,6 +211,8 @@ class VideoQADataset(Dataset):
             end=sample.end,
             backend=self.backend,
             size=self.size,
+            aspect=self.aspect,
+            pad_color=self.pad_color,
         )
         frames = clip.frames.permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W) uint8
         if self.frame_transform is not None:
@@ -309,8 +319,11 @@ class VideoDataModule(L.LightningDataModule):
         lazy_decode: bool = False,
         max_text_chars: int = MAX_TEXT_CHARS,
         confine_videos: bool = False,
+        aspect: str = "pad",
+        pad_color: tuple[int, int, int] | list[int] = CLIP_MEAN_RGB,
     ) -> None:
         super().__init__()
+        check_aspect(aspect)
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r}, expected one of {SOURCES}")
         if (num_frames is None) == (fps is None):
@@ -330,6 +343,8 @@ class VideoDataModule(L.LightningDataModule):
             on_error=on_error,
             max_skip_fraction=max_skip_fraction,
             frame_transform=frame_transform,
+            aspect=aspect,
+            pad_color=_pad_color(pad_color),
         )
         self.check_files = check_files
         self.lazy_decode = bool(lazy_decode)
@@ -458,6 +473,17 @@ class VideoDataModule(L.LightningDataModule):
             collate_fn=collate_video_qa,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _pad_color(color) -> tuple[int, int, int]:
+    try:
+        values = tuple(color)  # a list, a tuple, or the ListConfig Hydra passes
+    except TypeError:
+        values = ()
+    if len(values) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in values):
+        raise ValueError(f"data.pad_color={color!r}, expected three integers 0-255 (R, G, B), "
+                         f"e.g. {list(CLIP_MEAN_RGB)}")
+    return values
 
 
 def _size_pair(frame_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:

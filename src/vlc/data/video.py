@@ -1,58 +1,56 @@
-"""Decode sampled frames of a video file, with their timestamps.
+"""Decode sampled frames of a video file, with their true timestamps, at the size the encoder needs.
 
-Two backends read the same files the same way: ``decord`` (default; ``VideoReader.get_batch``
-seeks to the wanted frames) and ``av`` (PyAV; decodes in order and keeps the wanted frames, a
-fallback where decord is not available or misreads a file). A file decord cannot read but FFmpeg
-opens as a video (a GIF, say) is read with PyAV instead. Every failure surfaces as a
-``VideoReadError`` that names the file and the cause (missing, zero bytes, a still image, no video
-stream, no decoder for the codec, zero frames, corrupt or truncated), so a bad file in a dataset of
-thousands can be found. ``file_problem`` runs the checks that need no decoding, for a whole dataset
-before training.
+``read_video`` / ``open_video`` run one pipeline whatever the backend:
+
+1. ``vlc.data.timeline``: the stream's presentation timestamps, keyframes and display rotation,
+   read from the container's packets (no decoding).
+2. ``vlc.data.sampling``: which frames, uniform in time or at a rate, inside a clip window.
+3. ``vlc.data.decoders``: the frames, a chunk at a time, from ``decord`` (default;
+   ``VideoReader.get_batch``) or ``av`` (PyAV; decodes forward, seeks across groups of pictures).
+4. ``vlc.data.frames``: each chunk turned upright, fitted to the target size by ``data.aspect``
+   and resized (antialiased, uint8) before the next chunk is decoded, so no clip is ever held
+   at full resolution.
+
+So both backends give the same frames (up to their colour conversion's rounding), the same
+timestamps and the same orientation. A file decord cannot read but FFmpeg opens as a video (a
+GIF, say) is read with PyAV instead. Every failure surfaces as a ``VideoReadError`` that names the
+file and the cause (``vlc.data.video_check``); ``file_problem`` runs the checks that need no
+decoding, for a whole dataset before training.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vlc.data.sampling import frame_times, sample_indices
+from vlc.data.decoders import DecordFailure, DecordReader, PyAVReader, open_decord
+from vlc.data.frames import CLIP_MEAN_RGB, check_aspect, chunk_size, fit_frames, output_hw, resize_frames
+from vlc.data.sampling import ClipWindowError, sample_frames
+from vlc.data.timeline import Timeline, read_timeline
+from vlc.data.video_check import VideoReadError, check_file, file_problem
+
+__all__ = [
+    "BACKENDS", "LazyClip", "LazyFrames", "VideoClip", "VideoReadError", "file_problem", "materialize",
+    "open_video", "read_video", "resize_frames", "video_info",
+]
 
 BACKENDS = ("decord", "av")
 
 log = logging.getLogger(__name__)
-_warned_decord_width = False  # warn about the decord width fallback once per process
-_warned_decord_fallback = False  # likewise for files decord cannot open but PyAV can
-
-
-class VideoReadError(RuntimeError):
-    """A video file that cannot be read: missing, empty, corrupt, an image, without video, or frameless."""
-
-    def __init__(self, path: str, cause: str | None = None) -> None:
-        if cause is None:
-            # A DataLoader worker's exception reaches the main process rebuilt from its text alone
-            # (torch's ExceptionWrapper calls the class with one message): keep the type, and
-            # recover the path and the cause from the last "cannot read video …" line.
-            super().__init__(path)
-            found = re.findall(r"cannot read video (.+?): (.*)", str(path))
-            self.path, self.cause = found[-1] if found else ("", str(path))
-            return
-        super().__init__(f"cannot read video {path}: {cause}")
-        self.path = str(path)
-        self.cause = cause
+_warned_decord_fallback = False  # warn once per process about files decord cannot read but PyAV can
 
 
 @dataclass
 class VideoClip:
-    frames: torch.Tensor  # (T, H, W, 3) uint8 RGB
-    times: torch.Tensor  # (T,) float32 seconds, index / native_fps
-    native_fps: float
-    duration: float  # seconds, num_total / native_fps
+    frames: torch.Tensor  # (T, H, W, 3) uint8 RGB, upright
+    times: torch.Tensor  # (T,) float32 seconds: the frames' presentation times from the first frame
+    native_fps: float  # the stream's average rate
+    duration: float  # seconds, first frame's start to last frame's end
     path: str
 
 
@@ -65,128 +63,38 @@ def read_video(
     end: float | None = None,
     backend: str = "decord",
     size: tuple[int, int] | None = None,
+    aspect: str = "pad",
+    pad_color: tuple[int, int, int] = CLIP_MEAN_RGB,
 ) -> VideoClip:
-    """Sample frames from ``path``: ``num_frames`` uniformly, or at ``fps`` capped by ``max_frames``.
+    """Sample frames from ``path``: ``num_frames`` uniformly in time, or at ``fps`` capped by ``max_frames``.
 
-    ``start`` / ``end`` (seconds) restrict sampling to that window. ``size=(H, W)`` resizes the
-    frames bilinearly (with antialiasing, so downscaling does not alias). ``max_frames`` only
-    applies to fps sampling; uniform sampling already returns exactly ``num_frames``.
+    ``start`` / ``end`` (seconds) restrict sampling to that window. ``size=(H, W)`` fits the
+    frames to that size by ``aspect`` (``pad`` | ``crop`` | ``squash``, see ``vlc.data.frames``),
+    resizing with antialiasing. ``max_frames`` only applies to fps sampling; uniform sampling
+    already returns exactly ``num_frames``.
     """
-    clip = open_video(path, num_frames, fps, max_frames, start, end, backend, size)
-    frames = clip.decode(0, len(clip)).permute(0, 2, 3, 1).contiguous()  # (T, H, W, 3)
-    clip.close()
+    clip = open_video(path, num_frames, fps, max_frames, start, end, backend, size, aspect=aspect,
+                      pad_color=pad_color)
+    try:
+        frames = clip.decode_hwc(0, len(clip))  # (T, H, W, 3)
+    finally:
+        clip.close()
     return VideoClip(frames=frames, times=clip.times, native_fps=clip.native_fps, duration=clip.duration,
                      path=clip.path)
 
 
 def video_info(path: str | os.PathLike, backend: str = "decord") -> tuple[int, float]:
-    """``(num_frames, fps)`` of the first video stream, without decoding frames."""
+    """``(num_frames, fps)`` of the first video stream, without decoding frames (the same for every backend)."""
     path = os.fspath(path)
     _check_backend(backend)
-    _check_file(path)
-    if backend == "decord":
-        try:
-            return _stream_info(path, _open_decord(path))
-        except _DecordFailure as error:
-            _warn_fallback(path, error.cause)
-    return _stream_info(path, None)
-
-
-def _stream_info(path: str, reader) -> tuple[int, float]:
-    """Frame count and rate from an open decord reader, or from PyAV when ``reader`` is None."""
-    if reader is not None:
-        num_total, native_fps = len(reader), float(reader.get_avg_fps())
-    else:
-        num_total, native_fps = _info_av(path)
-    if num_total < 1:
-        raise VideoReadError(path, "zero frames in the video stream (zero duration)")
-    if not native_fps > 0:
-        raise VideoReadError(path, f"video stream reports frame rate {native_fps}, expected > 0")
-    return num_total, native_fps
-
-
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 → (T, h, w, 3) uint8, bilinear with antialiasing."""
-    h, w = int(size[0]), int(size[1])
-    if frames.shape[1:3] == (h, w):
-        return frames
-    x = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    check_file(path)
+    timeline = read_timeline(path)
+    return timeline.num_frames, timeline.average_fps
 
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
-
-
-def file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be a video, from the file system and its first bytes alone; None if it may be.
-
-    Cheap enough to run on every file of a dataset before training (``data.check_files``).
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        return "missing file (no such path)"
-    if os.path.isdir(path):
-        return "is a directory, expected a video file"
-    if os.path.getsize(path) == 0:
-        return "zero-byte file"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError as error:
-        return f"cannot open the file ({error.strerror or error})"
-    image = _still_image_kind(head)
-    if image is not None:
-        return f"a still {image} image, not a video"
-    return None
-
-
-# Signatures of still-image formats that FFmpeg would otherwise open as a one-frame "video" at a
-# made-up 25 fps. GIF is left out: animated GIFs are videos in some datasets (e.g. TGIF). Other
-# image formats are caught when the file is opened (FFmpeg's image demuxers, ``_is_still_image``).
-_IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-
-
-def _still_image_kind(head: bytes) -> str | None:
-    for magic, kind in _IMAGE_MAGIC:
-        if head.startswith(magic):
-            # An animated PNG carries its animation chunk (acTL) before the image data.
-            return None if kind == "PNG" and b"acTL" in head else kind
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    return None
-
-
-def _check_file(path: str) -> None:
-    problem = file_problem(path)
-    if problem is not None:
-        raise VideoReadError(path, problem)
-
-
-# decord prefixes its messages with a timestamp and its own source location, e.g.
-# "[04:43:45] .../video_reader.cc:151: Check failed: …": noise to whoever owns the video.
-_DECORD_NOISE = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+?\.(?:cc|h|cpp):\d+: ")
-
-
-def _short(error: Exception, path: str = "") -> str:
-    """The last line of a backend's message, without decord's noise or a repeat of the path."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [""]
-    text = _DECORD_NOISE.sub("", lines[-1]).replace(f": '{path}'", "").replace(f"[{path}] ", "").strip()
-    return f"{type(error).__name__}: {text[:300]}"
-
-
-class _DecordFailure(VideoReadError):
-    """decord failed on a file that FFmpeg opens as a video: worth one more try with PyAV."""
-
-
-_NO_DECODER = "no decoder for its video codec (unknown or unsupported by this FFmpeg build)"
 
 
 def _warn_fallback(path: str, cause: str) -> None:
@@ -196,166 +104,37 @@ def _warn_fallback(path: str, cause: str) -> None:
         _warned_decord_fallback = True
 
 
-def _probe(path: str) -> str | None:
-    """Why FFmpeg (through PyAV) sees no readable video in ``path``; None when it opens one."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            if _is_still_image(container):
-                return f"a still image ({container.format.name}), not a video"
-            if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams})
-                return "no video stream in the file" + (f" (only {', '.join(kinds)})" if kinds else "")
-            stream = container.streams.video[0]
-            if stream.codec_context is None:
-                return _NO_DECODER
-            if not stream.frames and not any(packet.size > 0 for packet in container.demux(stream)):
-                return "zero frames in the video stream (zero duration)"
-    except Exception as probe_error:  # noqa: BLE001 - any failure to open means corrupt/unknown
-        return f"cannot open: file corrupt, truncated or not a video ({_short(probe_error, path)})"
-    return None
-
-
-def _diagnose(path: str, error: Exception) -> str:
-    """A readable cause for a backend failure: the backends' own messages rarely say what is wrong."""
-    return _probe(path) or f"cannot decode: file corrupt or truncated ({_short(error, path)})"
-
-
-def _decord_error(path: str, error: Exception) -> VideoReadError:
-    cause = _probe(path)
-    if cause is None:  # FFmpeg opens it: decord's own limitation (e.g. a GIF), so PyAV gets a try
-        return _DecordFailure(path, f"decord cannot read it ({_short(error, path)})")
-    return VideoReadError(path, cause)
-
-
-def _is_still_image(container) -> bool:
-    # FFmpeg's image demuxers: "png_pipe", "jpeg_pipe", "bmp_pipe", … and "image2".
-    name = container.format.name
-    return name == "image2" or name.endswith("_pipe")
-
-
-def _open_decord(path: str):
-    import decord
-
-    try:
-        # One thread per reader: dataloader workers already give the parallelism, and
-        # decord's own thread pool per reader oversubscribes small machines.
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except Exception as error:  # noqa: BLE001 - decord raises RuntimeError and DECORDError alike
-        raise _decord_error(path, error) from error
-
-
-def _decode_decord(path: str, reader, indices: np.ndarray) -> np.ndarray:
-    try:
-        frames = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
-    except Exception as error:  # noqa: BLE001
-        if "DECORDArrayCopyFromTo" not in str(error):
-            raise _decord_error(path, error) from error
-        # decord 0.6 mishandles padded rows for a few small widths (8, 12, 16, 24, 48, 72 px):
-        # get_batch fails this way. PyAV decodes the same frames, so use it for such files.
-        global _warned_decord_width
-        if not _warned_decord_width:
-            log.warning("decord cannot copy frames of %s (a known decord bug for some small widths); using PyAV", path)
-            _warned_decord_width = True
-        return _decode_av(path, indices)
-    if frames.shape[0] != len(indices):
-        raise VideoReadError(path, f"decoded {frames.shape[0]} frames, expected {len(indices)}")
-    return frames
-
-
-def _info_av(path: str) -> tuple[int, float]:
-    import av
-
-    try:
-        with av.open(path) as container:
-            if _is_still_image(container):
-                raise VideoReadError(path, f"a still image ({container.format.name}), not a video")
-            if not container.streams.video:
-                raise VideoReadError(path, _diagnose(path, RuntimeError("no video stream")))
-            stream = container.streams.video[0]
-            if stream.codec_context is None:
-                raise VideoReadError(path, _NO_DECODER)
-            rate = stream.average_rate or stream.guessed_rate
-            num_total = stream.frames
-            if not num_total:
-                # Containers without a frame count in the header (e.g. some mkv/webm): count packets.
-                num_total = sum(1 for packet in container.demux(stream) if packet.size > 0)
-    except VideoReadError:
-        raise
-    except Exception as error:  # noqa: BLE001 - PyAV raises many FFmpegError subclasses
-        raise VideoReadError(path, _diagnose(path, error)) from error
-    return int(num_total), float(rate) if rate else 0.0
-
-
-def _decode_av(path: str, indices: np.ndarray) -> np.ndarray:
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    # One reformatter for the whole clip: a fresh colour converter per frame costs more than
-    # decoding the frame itself.
-    to_rgb = VideoReformatter()
-    wanted = {int(i): k for k, i in enumerate(indices)}
-    out: list[np.ndarray | None] = [None] * len(indices)
-    last = int(indices.max())
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            # Frames come out of the decoder in presentation order, so the n-th decoded frame is
-            # frame n, the same numbering decord uses.
-            for n, frame in enumerate(container.decode(stream)):
-                if n in wanted:
-                    out[wanted[n]] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
-                if n >= last:
-                    break
-    except Exception as error:  # noqa: BLE001
-        raise VideoReadError(path, _diagnose(path, error)) from error
-    missing = [int(indices[k]) for k, f in enumerate(out) if f is None]
-    if missing:
-        raise VideoReadError(path, f"stream ended before frames {missing[:5]} (header claims more frames)")
-    return np.stack(out)  # (T, H, W, 3) uint8
-
-
 # ---------------------------------------------------------------------------------------------
-# lazy decoding: a clip whose frames are decoded a range at a time (streaming evaluation)
+# a clip whose frames are decoded a range at a time (eager reading decodes the one full range)
 
 
 class LazyClip:
     """The frames ``read_video`` would return, decoded only when a range of them is asked for.
 
-    Opening samples the frame indices and times exactly as ``read_video`` does and learns the
-    frame size, but decodes nothing. ``decode(t0, t1)`` returns frames ``t0..t1-1`` as
-    (n, 3, H, W) uint8, so a consumer that works a window at a time (``vst`` with
-    ``streaming: true``) holds one window of pixels instead of the whole clip. Ranges asked for
-    in increasing order are decoded once each: the decord reader stays open and seeks, PyAV keeps
-    decoding forward from where it stopped. The open readers are dropped when pickled
-    (DataLoader workers hand clips to the main process) and reopened on the next decode.
+    Opening reads the timeline, samples the frame indices and times and knows the output frame size,
+    but decodes nothing. ``decode(t0, t1)`` returns frames ``t0..t1-1`` as (n, 3, H, W) uint8, so a
+    consumer that works a window at a time (``vst`` with ``streaming: true``) holds one window of
+    pixels instead of the whole clip. Ranges asked for in increasing order are decoded once each:
+    the reader stays open (decord seeks, PyAV decodes forward or seeks across groups of pictures).
+    The open reader is dropped when pickled (DataLoader workers hand clips to the main process)
+    and reopened on the next decode. ``read_video`` is ``decode`` of the whole range, so the two
+    give bit-identical frames.
     """
 
-    def __init__(self, path: str, indices: np.ndarray, times: torch.Tensor, native_fps: float, duration: float,
-                 backend: str, size: tuple[int, int] | None = None, transform=None) -> None:
-        self.path, self.indices, self.times = path, indices, times
-        self.native_fps, self.duration = native_fps, duration
+    def __init__(self, path: str, indices: np.ndarray, timeline: Timeline, backend: str,
+                 size: tuple[int, int] | None = None, transform=None, aspect: str = "pad",
+                 pad_color: tuple[int, int, int] = CLIP_MEAN_RGB, reader=None) -> None:
+        self.path, self.indices, self.timeline = path, indices, timeline
+        self.times = torch.from_numpy(timeline.seconds(indices))  # (T,) float32 seconds
+        self.native_fps, self.duration = timeline.average_fps, timeline.duration
         self.backend, self.size, self.transform = backend, size, transform
-        self._frame_hw = (int(size[0]), int(size[1])) if size is not None else None
+        self.aspect, self.pad_color = check_aspect(aspect), tuple(int(c) for c in pad_color)
+        self.frame_hw = output_hw(timeline.display_hw, size, aspect)  # (H, W) of the decoded frames
         self.decode_seconds = 0.0  # time spent decoding so far (the benchmark reports it)
-        self._reader = None  # decord.VideoReader, opened on first use
-        self._av = None  # (container, frame iterator, index of the next frame it yields)
+        self._reader = reader  # a DecordReader or PyAVReader, opened on first use
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    @property
-    def frame_hw(self) -> tuple[int, int]:
-        """(H, W) of the decoded frames: the resize target, else the stream's (read once, on demand)."""
-        if self._frame_hw is None:
-            if self.backend == "decord":
-                if self._reader is None:
-                    self._reader = _open_decord(self.path)
-                self._frame_hw = tuple(int(x) for x in self._reader[0].shape[:2])
-            else:
-                self._frame_hw = _av_frame_hw(self.path)
-        return self._frame_hw
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -366,71 +145,54 @@ class LazyClip:
         return dict(self.__dict__)
 
     def close(self) -> None:
-        if self._av is not None:
-            self._av[0].close()
-        self._reader = self._av = None
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
 
     def decode(self, t0: int, t1: int) -> torch.Tensor:
         """Frames t0..t1-1 of the clip (clamped to its length) → (n, 3, H, W) uint8."""
-        import time
-
-        t0, t1 = max(0, t0), min(len(self.indices), t1)
-        if t1 <= t0:
-            return torch.zeros(0, 3, *self.frame_hw, dtype=torch.uint8)
         start = time.perf_counter()
-        wanted = self.indices[t0:t1]
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        decoded = self._decode_decord(unique) if self.backend == "decord" else self._decode_av(unique)
-        frames = torch.from_numpy(decoded[inverse])  # (n, H, W, 3)
-        if self.size is not None:
-            frames = resize_frames(frames, self.size)
-        frames = frames.permute(0, 3, 1, 2).contiguous()
+        frames = self.decode_hwc(t0, t1).permute(0, 3, 1, 2).contiguous()
         if self.transform is not None:
             frames = self.transform(frames)
         self.decode_seconds += time.perf_counter() - start
         return frames
 
-    def _decode_decord(self, unique: np.ndarray) -> np.ndarray:
-        try:
-            if self._reader is None:
-                self._reader = _open_decord(self.path)
-            return _decode_decord(self.path, self._reader, unique)
-        except _DecordFailure as error:  # FFmpeg reads what decord cannot: PyAV from here on
-            _warn_fallback(self.path, error.cause)
-            self.backend, self._reader = "av", None
-            return self._decode_av(unique)
+    def decode_hwc(self, t0: int, t1: int) -> torch.Tensor:
+        """Frames t0..t1-1 of the clip (clamped to its length) → (n, H, W, 3) uint8."""
+        t0, t1 = max(0, t0), min(len(self.indices), t1)
+        if t1 <= t0:
+            return torch.zeros(0, *self.frame_hw, 3, dtype=torch.uint8)
+        unique, inverse = np.unique(self.indices[t0:t1], return_inverse=True)
+        out = torch.empty(len(unique), *self.frame_hw, 3, dtype=torch.uint8)  # (u, H, W, 3)
+        k = 0
+        for chunk in self._chunks(unique):
+            n = chunk.shape[0]
+            out[k : k + n] = self._fit(torch.from_numpy(chunk))
+            k += n
+        return out if len(unique) == t1 - t0 else out[torch.from_numpy(inverse.reshape(-1))]
 
-    def _decode_av(self, unique: np.ndarray) -> np.ndarray:
-        import av
-        from av.video.reformatter import VideoReformatter
+    def _fit(self, chunk: torch.Tensor) -> torch.Tensor:
+        rotation = 0 if self._reader.applies_rotation else self.timeline.rotation
+        return fit_frames(chunk, self.size, self.aspect, rotation, self.pad_color)
 
-        first = int(unique[0])
-        if self._av is None or self._av[2] > first:  # not open yet, or asked to go back: start over
-            self.close()
+    def _chunks(self, unique: np.ndarray):
+        """Decoded frames (full size, as the reader gives them) of ``unique``, a chunk at a time."""
+        chunk, done = chunk_size(self.timeline.coded_hw), 0
+        if self.backend == "decord":
             try:
-                container = av.open(self.path)
-                self._av = [container, iter(container.decode(container.streams.video[0])), 0, VideoReformatter()]
-            except Exception as error:  # noqa: BLE001 - PyAV raises many FFmpegError subclasses
-                raise VideoReadError(self.path, _diagnose(self.path, error)) from error
-        _, frames, n, to_rgb = self._av
-        wanted = {int(i): k for k, i in enumerate(unique)}
-        out: list[np.ndarray | None] = [None] * len(unique)
-        last = int(unique[-1])
-        try:
-            while n <= last:
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                if n in wanted:
-                    out[wanted[n]] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
-                n += 1
-        except Exception as error:  # noqa: BLE001
-            raise VideoReadError(self.path, _diagnose(self.path, error)) from error
-        self._av[2] = n
-        missing = [int(unique[k]) for k, f in enumerate(out) if f is None]
-        if missing:
-            raise VideoReadError(self.path, f"stream ended before frames {missing[:5]} (header claims more frames)")
-        return np.stack(out)
+                if self._reader is None:
+                    self._reader = DecordReader(self.path, self.timeline)
+                for frames in self._reader.frames(unique, chunk):
+                    done += len(frames)
+                    yield frames
+                return
+            except DecordFailure as error:  # FFmpeg reads what decord cannot: PyAV from here on
+                _warn_fallback(self.path, error.cause)
+                self.backend, self._reader = "av", None
+        if self._reader is None:
+            self._reader = PyAVReader(self.path, self.timeline, wanted=self.indices)
+        yield from self._reader.frames(unique[done:], chunk)
 
 
 def open_video(
@@ -443,11 +205,14 @@ def open_video(
     backend: str = "decord",
     size: tuple[int, int] | None = None,
     transform=None,
+    aspect: str = "pad",
+    pad_color: tuple[int, int, int] = CLIP_MEAN_RGB,
 ) -> LazyClip:
     """``read_video``'s sampling without the decoding: a ``LazyClip`` that decodes on demand.
 
-    The same checks run up front (missing, empty, image, unreadable header, zero frames), so a
-    bad file fails here, naming itself, and not halfway through a window.
+    The same checks run up front (missing, empty, image, unreadable header, zero frames, a clip
+    window outside the video), so a bad file fails here, naming itself, and not halfway through
+    a window.
     """
     path = os.fspath(path)
     if (num_frames is None) == (fps is None):
@@ -455,31 +220,22 @@ def open_video(
             f"open_video({path}): give exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}"
         )
     _check_backend(backend)
-    _check_file(path)
+    check_aspect(aspect)
+    check_file(path)
+    timeline = read_timeline(path)
+    try:
+        indices = sample_frames(timeline.pts, timeline.end, float(timeline.time_base), num_frames, fps, max_frames,
+                                start, end)
+    except ClipWindowError as error:
+        raise VideoReadError(path, str(error)) from error
     reader = None
     if backend == "decord":
-        try:
-            reader = _open_decord(path)
-        except _DecordFailure as error:
+        try:  # opened now, so a file decord cannot read is known (and said) when the clip is opened
+            reader = DecordReader(path, timeline, open_decord(path))
+        except DecordFailure as error:
             _warn_fallback(path, error.cause)
             backend = "av"
-    num_total, native_fps = _stream_info(path, reader)
-    indices = sample_indices(num_total, native_fps, num_frames, fps, max_frames, start, end)
-    times = torch.from_numpy(frame_times(indices, native_fps))  # (T,)
-    clip = LazyClip(path, indices, times, native_fps, num_total / native_fps, backend, size, transform)
-    clip._reader = reader  # opened once, used for the header and the frames
-    return clip
-
-
-def _av_frame_hw(path: str) -> tuple[int, int]:
-    import av
-
-    try:
-        with av.open(path) as container:
-            ctx = container.streams.video[0].codec_context
-            return int(ctx.height), int(ctx.width)
-    except Exception as error:  # noqa: BLE001
-        raise VideoReadError(path, _diagnose(path, error)) from error
+    return LazyClip(path, indices, timeline, backend, size, transform, aspect, pad_color, reader)
 
 
 class LazyFrames:
