@@ -273,3 +273,20 @@ def test_a_run_shorter_than_the_validation_interval_validates_at_its_end(cfg_fac
     metrics = train(cfg_factory([*TINY_DATA, "trainer.max_steps=3", "trainer.val_check_interval=500",
                                  "callbacks.progress_bar.refresh_rate=0"]))
     assert metrics["checkpoint"].endswith("step_000003.ckpt") and metrics["val/n"] == 8
+
+
+def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypatch):
+    from vlc import run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(run, "usable_cpus", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        assert run.configure_threads(cfg_factory(["data.num_workers=1"])) == 3  # a core for the decoding worker
+        assert run.configure_threads(cfg_factory(["data.num_workers=8"])) == 1
+        assert run.configure_threads(cfg_factory(["threads=2"])) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert run.configure_threads(cfg_factory([])) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert 1 <= run.usable_cpus() <= (os.cpu_count() or 1)

@@ -231,6 +231,9 @@ def _check_run(cfg: DictConfig) -> list[str]:
     seed = cfg.get("seed")
     if not _is_int(seed):
         problems.append(f"seed={_show(seed)}: an integer (the training seed)")
+    threads = cfg.get("threads", "auto")
+    if not (threads in (None, "auto") or _is_int(threads, 1)):
+        problems.append(f"threads={_show(threads)}: torch CPU threads, auto or an integer >= 1")
     trainer = _plain(cfg.get("trainer")) or {}
     if isinstance(trainer, Mapping):
         steps = trainer.get("max_steps", -1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -24,6 +25,37 @@ from vlc.model.video_llm import VideoLLM, remap_state_dict
 log = logging.getLogger("vlc")
 
 CONFIG_DIR = Path(os.environ.get("VLC_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def configure_threads(cfg: DictConfig) -> int:
+    """torch's intra-op CPU threads for this run (``threads``): ``auto`` gives ``OMP_NUM_THREADS`` when
+    it is set, else the usable CPUs less one per data-loader worker (decoding in a worker needs a
+    core of its own), at least 1; a number is taken as it is. torch's own default counts the
+    machine's cores, not what the process may use (a container's quota, its affinity mask)."""
+    setting = cfg.get("threads", "auto")
+    workers = int(cfg.get("data", {}).get("num_workers") or 0) if cfg.get("data") else 0
+    if setting not in (None, "auto"):
+        threads = int(setting)
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the user's own choice for this shell
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        threads = max(1, usable_cpus() - workers)
+    torch.set_num_threads(threads)
+    log.info("torch CPU threads: %d (threads=%s, %d usable CPUs, %d data workers)",
+             threads, setting, usable_cpus(), workers)
+    return threads
 
 
 def build_model(cfg: DictConfig) -> VideoLLM:
@@ -157,6 +189,7 @@ def summarize_run(cfg: DictConfig, model: VideoLLM, stage_metrics: dict[str, Any
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint; returns the metrics written to metrics.json."""
     out_dir = Path(cfg.paths.output_dir)
+    configure_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_model(cfg)
@@ -271,6 +304,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Writes metrics.json and predictions.jsonl (one line per sample, with its cost) into the run dir.
     """
     out_dir = Path(cfg.paths.output_dir)
+    configure_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
     model = load_eval_model(cfg)
     trainer = build_eval_trainer(cfg)
