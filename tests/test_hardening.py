@@ -278,6 +278,7 @@ def test_a_run_shorter_than_the_validation_interval_validates_at_its_end(cfg_fac
 def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypatch):
     from vlc import run
 
+    assert 1 <= run.usable_cpus() <= (os.cpu_count() or 1)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(run, "usable_cpus", lambda: 4)
     before = torch.get_num_threads()
@@ -289,4 +290,3 @@ def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypa
         assert run.configure_threads(cfg_factory([])) == 1
     finally:
         torch.set_num_threads(before)
-    assert 1 <= run.usable_cpus() <= (os.cpu_count() or 1)
