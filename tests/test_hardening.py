@@ -290,3 +290,39 @@ def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypa
         assert run.configure_threads(cfg_factory([])) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_shorter_than_the_warmup_still_trains_its_compressor(cfg_factory, caplog):
+    from vlc.run import fit_warmup_to_run
+
+    cfg = cfg_factory(["compressor=pool", "trainer.max_steps=300", "model.uncompressed_steps=500"])
+    assert fit_warmup_to_run(cfg).model.uncompressed_steps == 150
+    assert "model.uncompressed_steps=500 >= trainer.max_steps=300 would never train the compressor" in caplog.text
+    kept = cfg_factory(["compressor=pool", "trainer.max_steps=1000", "model.uncompressed_steps=500"])
+    assert fit_warmup_to_run(kept).model.uncompressed_steps == 500
+    plain = cfg_factory(["compressor=none", "trainer.max_steps=300", "model.uncompressed_steps=500"])
+    assert fit_warmup_to_run(plain).model.uncompressed_steps == 500  # nothing to train: left alone
+
+
+def test_debug_fdr_runs_the_compressed_path_with_the_guard(cfg_factory, monkeypatch):
+    from vlc.model.pipeline import VideoPipeline
+
+    seen = []
+    real = VideoPipeline.loss
+
+    def loss(self, batch, compress=True, one_pass=False):
+        seen.append(compress)
+        return real(self, batch, compress, one_pass)
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vlc.run import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        raw = compose("train", overrides=["debug=fdr", "experiment=pool_baseline"])
+    assert raw.model.uncompressed_steps == 0 and "nonfinite_loss" in raw.callbacks  # model=tiny alone has 500
+    monkeypatch.setattr(VideoPipeline, "loss", loss)
+    train(cfg_factory(["debug=fdr", "experiment=pool_baseline", *TINY_DATA]))
+    assert seen == [True]  # the one training batch compressed

@@ -58,6 +58,22 @@ def configure_threads(cfg: DictConfig) -> int:
     return threads
 
 
+def fit_warmup_to_run(cfg: DictConfig) -> DictConfig:
+    """A run no longer than its uncompressed warm-up (``model.uncompressed_steps`` ≥ ``trainer.max_steps``)
+    would never train its compressor, yet validate with it: the warm-up is cut to half the run, with
+    a warning naming both keys."""
+    warm = int(cfg.get("model", {}).get("uncompressed_steps") or 0) if cfg.get("model") else 0
+    steps = int(cfg.get("trainer", {}).get("max_steps") or -1) if cfg.get("trainer") else -1
+    if 0 < steps <= warm and cfg.get("compressor") and "none.Identity" not in str(cfg.compressor.get("_target_")):
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.model.uncompressed_steps = steps // 2
+        log.warning("model.uncompressed_steps=%d >= trainer.max_steps=%d would never train the compressor: "
+                    "the uncompressed warm-up is cut to %d steps (set model.uncompressed_steps to choose)",
+                    warm, steps, steps // 2)
+    return cfg
+
+
 def build_model(cfg: DictConfig) -> VideoLLM:
     """The VideoLLM of a composed config (model group + compressor + prompt + optim).
 
@@ -190,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint; returns the metrics written to metrics.json."""
     out_dir = Path(cfg.paths.output_dir)
     configure_threads(cfg)
+    cfg = fit_warmup_to_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_model(cfg)
