@@ -326,3 +326,19 @@ def test_debug_fdr_runs_the_compressed_path_with_the_guard(cfg_factory, monkeypa
     monkeypatch.setattr(VideoPipeline, "loss", loss)
     train(cfg_factory(["debug=fdr", "experiment=pool_baseline", *TINY_DATA]))
     assert seen == [True]  # the one training batch compressed
+
+
+def test_a_data_error_is_one_paragraph_and_exit_2(tmp_path):
+    """A missing annotation file through train.py: one line on stderr naming the file, status 2, no
+    traceback (as config errors read)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, str(root / "train.py"), "data=mc_json", f"data.root={tmp_path}",
+                          "data.train_file=nowhere.json", "data.val_file=null", f"hydra.run.dir={tmp_path / 'run'}", "logger=none"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {tmp_path / 'nowhere.json'}: annotation file not found"]
+    assert "Traceback" not in out.stderr

@@ -8,7 +8,7 @@ Which folder holds which task's videos, and which tasks honour start/end, is a t
 ``configs/data/mvbench.yaml`` (MVBench's own ``data_list``), not code. One task (episodic
 reasoning, from TVQA) ships frames instead of a video: a folder of ``00001.jpg …`` sampled at 3 fps,
 read here by ``read_frame_folder``. Scoring is MVBench's: options listed as "(A) …", the answer
-read after "Best option: (" (``prompt.answer_style=letter``).
+read after "Best option:(" (``prompt.answer_style=letter``).
 """
 
 from __future__ import annotations
