@@ -359,7 +359,7 @@ class VideoDataModule(L.LightningDataModule):
     @property
     def has_val(self) -> bool:
         """Whether there is a validation split (synthetic data always has one)."""
-        return self.source == "synthetic" or bool(self.files["val"])
+        return self.source == "synthetic" or bool(self.files["val"]) or "val" in self.datasets
 
     @property
     def has_test(self) -> bool:

@@ -9,6 +9,8 @@ shipping any.
 from __future__ import annotations
 
 import fractions
+import math
+import struct
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,8 +59,9 @@ def write_video(
             stream.codec_context.gop_size = gop
         if times is not None:
             stream.codec_context.time_base = fractions.Fraction(1, 1000)
-        if rotation:
+        if rotation and hasattr(stream, "set_display_rotation"):  # PyAV >= 16
             stream.set_display_rotation(rotation)
+            rotation = 0
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             if times is not None:
@@ -67,7 +70,28 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    if rotation:  # older PyAV cannot set the display matrix: write it into the track header
+        _set_track_rotation(path, rotation)
     return path
+
+
+_IDENTITY = struct.pack(">9i", 1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
+def _set_track_rotation(path: Path, degrees: int) -> None:
+    """Write a display matrix for ``degrees`` into the mp4's track header (``tkhd``), where players
+    and FFmpeg read a video's rotation from; it reads back as ``degrees`` (frame.rotation), as
+    PyAV 16's ``set_display_rotation`` writes it."""
+    radians = math.radians(degrees)
+    c, s = round(math.cos(radians) * (1 << 16)), round(math.sin(radians) * (1 << 16))
+    matrix = struct.pack(">9i", c, -s, 0, s, c, 0, 0, 0, 1 << 30)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    found = data.find(_IDENTITY, at) if at >= 0 else -1
+    if found < 0 or found - at > 96:
+        raise ValueError(f"write_video({path}): no track header to set rotation={degrees} in (mp4/mov only)")
+    data[found:found + len(_IDENTITY)] = matrix
+    path.write_bytes(bytes(data))
 
 
 def numbered_frames(count: int, height: int = 64, width: int = 64, corner: bool = True) -> np.ndarray:
