@@ -3,6 +3,12 @@
 also owns the LLM prefill). ``build_compressor`` is the only way a config becomes a compressor.
 """
 
-from vlc.compressors.base import CacheCompressor, Compressor, UntrustedTargetError, build_compressor, trust
+from vlc.compressors.base import (
+    CacheCompressor,
+    Compressor,
+    UntrustedTargetError,
+    build_compressor,
+    trust,
+)
 
 __all__ = ["CacheCompressor", "Compressor", "UntrustedTargetError", "build_compressor", "trust"]

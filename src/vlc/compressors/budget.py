@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vlc.compressors.base import Compressor, check_settings, is_int, show
+from vlc.compressors.ops import grid_pool
 from vlc.tokens import FrameTokens
 
 
@@ -93,7 +93,7 @@ class TokenBudget(Compressor):
                 pick = ((torch.arange(keep, device=frames.device) + 0.5) * len(frames) / keep).long()
                 frames = frames[pick]
             self.last_strides.append(s)
-            outs.append((*pool(x.tokens[b, frames], x.token_mask[b, frames], (h, w), s), x.times[b, frames]))
+            outs.append((*grid_pool(x.tokens[b, frames], x.token_mask[b, frames], (h, w), s), x.times[b, frames]))
 
         filled = [o for o in outs if o[0].shape[0] > 0] or outs  # a sample without frames sets no N'
         T2 = max(1, max(o[0].shape[0] for o in outs))
@@ -112,19 +112,3 @@ class TokenBudget(Compressor):
 
     def report(self) -> dict[str, list[float]]:
         return {"pool_stride": [float(s) for s in self.last_strides]}
-
-
-def pool(tokens: Tensor, mask: Tensor, grid: tuple[int, int], s: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """s × s average pooling of one video's frames. tokens (T, N, D), mask (T, N) → (T, N', D), (T, N'), grid'."""
-    T, N, D = tokens.shape
-    h, w = grid
-    if s == 1:
-        return tokens, mask, grid
-    kernel = (min(s, h), min(s, w))  # a kernel wider than the grid is one cell on that side
-    cells = tokens.reshape(T, h, w, D).permute(0, 3, 1, 2)  # (T, D, h, w)
-    # ceil_mode: edge cells average only the patches they cover, as compressor=pool does.
-    pooled = F.avg_pool2d(cells, kernel, ceil_mode=True)  # (T, D, h', w')
-    h2, w2 = pooled.shape[-2:]
-    # A pooled cell is real when any patch under it was.
-    real = F.max_pool2d(mask.reshape(T, 1, h, w).float(), kernel, ceil_mode=True) > 0  # (T, 1, h', w')
-    return pooled.flatten(2).transpose(1, 2), real.reshape(T, h2 * w2), (h2, w2)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlc.compressors.base import Compressor, check_settings, is_int, is_number, show
+from vlc.compressors.ops import masked_mean
 from vlc.tokens import FrameTokens
 
 
@@ -55,10 +56,8 @@ class KeyframeSelection(Compressor):
         self, x: FrameTokens, pixels: Tensor | None = None, question: tuple[Tensor, Tensor] | None = None
     ) -> FrameTokens:
         B, T, N, D = x.tokens.shape
-        mask = x.token_mask
         # Mean of each frame's real tokens (pruned tokens, e.g. by diffp, do not count).
-        weight = mask.to(x.tokens.dtype)[..., None]  # (B, T, N, 1)
-        pooled = (x.tokens * weight).sum(2) / weight.sum(2).clamp(min=1)  # (B, T, D)
+        pooled = masked_mean(x.tokens, x.token_mask, dim=2)  # (B, T, D)
         unit = F.normalize(pooled.detach().float(), dim=-1)
         sim = (unit @ unit.transpose(1, 2)).cpu()  # (B, T, T) cosine similarity of every frame pair
         real = x.frame_mask.cpu()  # (B, T)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from vlc.compressors.base import Compressor, is_int, show
+from vlc.compressors.ops import masked_mean
 from vlc.tokens import FrameTokens
 
 
@@ -70,8 +71,7 @@ class LLaMAVIDTokens(Compressor):
             )
         B, T, N, D = x.tokens.shape
         embeds, q_mask = question
-        q_weight = q_mask.to(embeds.dtype)[..., None]  # (B, Lq, 1)
-        q_mean = (embeds * q_weight).sum(1) / q_weight.sum(1).clamp(min=1)  # (B, D_llm)
+        q_mean = masked_mean(embeds, q_mask, dim=1)  # (B, D_llm)
         text_q = self.queries[None] + self.question_proj(q_mean.to(self.queries.dtype))[:, None]  # (B, M, D)
 
         patches = x.tokens  # (B, T, N, D)
@@ -84,8 +84,7 @@ class LLaMAVIDTokens(Compressor):
         context = (attn @ patches).mean(2)  # (B, T, D): per query a mix of patches, then query mean
         context = self.value(context)
 
-        weight = mask.to(patches.dtype)[..., None]  # (B, T, N, 1)
-        content = (patches * weight).sum(2) / weight.sum(2).clamp(min=1)  # (B, T, D) mean of real patches
+        content = masked_mean(patches, mask, dim=2)  # (B, T, D) mean of real patches
 
         tokens = torch.stack([context, content], 2)  # (B, T, 2, D)
         token_mask = frame_real[..., None].expand(B, T, 2).contiguous()

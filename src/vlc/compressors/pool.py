@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlc.compressors.base import Compressor, check_settings, is_int, show
+from vlc.compressors.ops import grid_pool
 from vlc.tokens import FrameTokens
 
 
@@ -38,16 +39,15 @@ class SpatialPool(Compressor):
         if self.stride == 1:
             return x
         B, T, N, D = x.tokens.shape
-        h, w = x.grid
-        grid = x.tokens.reshape(B * T, h, w, D).permute(0, 3, 1, 2)  # (B*T, D, h, w)
         if self.mode == "avg":
-            pooled = F.avg_pool2d(grid, self.stride, ceil_mode=True)
-        else:
-            size = (-(-h // self.stride), -(-w // self.stride))
-            pooled = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
-        h2, w2 = pooled.shape[-2:]
-        tokens = pooled.flatten(2).transpose(1, 2).reshape(B, T, h2 * w2, D)
+            tokens, mask, grid = grid_pool(x.tokens.reshape(B * T, N, D), x.token_mask.reshape(B * T, N), x.grid,
+                                           self.stride)
+            return FrameTokens(tokens.reshape(B, T, -1, D), mask.reshape(B, T, -1), x.times, grid)
+        h, w = x.grid
+        cells = x.tokens.reshape(B * T, h, w, D).permute(0, 3, 1, 2)  # (B*T, D, h, w)
+        size = (-(-h // self.stride), -(-w // self.stride))
+        pooled = F.interpolate(cells, size=size, mode="bilinear", align_corners=False)
+        tokens = pooled.flatten(2).transpose(1, 2).reshape(B, T, size[0] * size[1], D)
         # A pooled cell is real when any patch under it was (pruned patches do not resurrect whole cells).
-        mask = x.token_mask.reshape(B * T, 1, h, w).float()
-        mask = F.max_pool2d(mask, self.stride, ceil_mode=True).reshape(B, T, h2 * w2) > 0
-        return FrameTokens(tokens, mask, x.times, (h2, w2))
+        mask = F.max_pool2d(x.token_mask.reshape(B * T, 1, h, w).float(), self.stride, ceil_mode=True)
+        return FrameTokens(tokens, mask.reshape(B, T, -1) > 0, x.times, size)
