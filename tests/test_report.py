@@ -283,3 +283,23 @@ def test_ablation_smoke_sweep_runs_every_variant(tmp_path):
     assert (runs.status == "ok").all(), runs[runs.status != "ok"][["variant", "error"]]
     assert (runs.train_steps == 16).all()
     assert (sweep / "results.md").is_file() and (sweep / "pareto_kv_bytes.png").is_file()
+
+
+def test_separations_mark_differences_beyond_the_seed_spread(tmp_path):
+    """none 0.50/0.60 (std 0.0707), vst 0.52/0.52 (std 0), qformer 0.30/0.20 (std 0.0707): none and vst
+    against qformer differ by 0.30 and 0.27 > 2 × 0.0707; none against vst by 0.03 < 0.141, and
+    pool (0.47/0.55) against none by 0.04. diffp has one ok seed: in no pair."""
+    runs = report.collect_runs(fake_sweep(tmp_path / "sweep"))
+    pairs = report.separations(runs)
+    assert len(pairs) == 6  # 4 variants with two ok seeds: 4 choose 2
+    assert "diffp" not in set(pairs.a) | set(pairs.b)
+    got = {frozenset((r.a, r.b)): (round(abs(r.difference), 3), bool(r.separated)) for r in pairs.itertuples()}
+    assert got[frozenset(("none_baseline", "qformer_global"))] == (0.3, True)
+    assert got[frozenset(("vst_ratio16", "qformer_global"))] == (0.27, True)
+    assert got[frozenset(("pool_baseline", "qformer_global"))] == (0.26, True)
+    assert got[frozenset(("none_baseline", "vst_ratio16"))] == (0.03, False)
+    assert got[frozenset(("none_baseline", "pool_baseline"))] == (0.04, False)
+    assert sum(v[1] for v in got.values()) == 3
+    text = report.write_markdown(runs, report.summarize(runs), tmp_path / "r.md", "t").read_text()
+    assert "3 of 6 pairs of variants differ in accuracy by more than twice" in text
+    assert "| none_baseline | qformer_global | 0.300 | 0.141 |" in text

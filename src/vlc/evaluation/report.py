@@ -227,6 +227,49 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return on_front
 
 
+def separations(runs: pd.DataFrame, metric: str = ACCURACY) -> pd.DataFrame:
+    """Every pair of variants with at least two ok seeds each: the difference of their mean
+    ``metric``, ``separated`` when it exceeds twice the larger of their seed standard deviations,
+    and Welch's two-sided t-test p-value (unequal variances) — so a table says which differences
+    the seed spread supports instead of leaving the reader to eyeball them. Sorted by |difference|."""
+    from scipy import stats
+
+    ok = runs[runs["status"] == "ok"]
+    values = {v: pd.to_numeric(g[metric], errors="coerce").dropna().to_numpy(float)
+              for v, g in ok.groupby("variant", sort=False) if metric in g}
+    names = [v for v, x in values.items() if len(x) >= 2]
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            xa, xb = values[a], values[b]
+            diff = float(xa.mean() - xb.mean())
+            spread = max(float(xa.std(ddof=1)), float(xb.std(ddof=1)))
+            if np.allclose(xa, xa[0]) and np.allclose(xb, xb[0]):  # no spread at all: the test is undefined
+                p = 0.0 if not math.isclose(xa[0], xb[0]) else 1.0
+            else:
+                p = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
+            rows.append(dict(a=a, b=b, difference=diff, spread=spread, separated=abs(diff) > 2 * spread, p=p,
+                             n_a=len(xa), n_b=len(xb)))
+    out = pd.DataFrame(rows, columns=["a", "b", "difference", "spread", "separated", "p", "n_a", "n_b"])
+    return out.reindex(out["difference"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def separation_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The separated pairs, the better variant first, with both sides' visual tokens and KV KiB."""
+    cost = summary.set_index("variant")
+    lines = ["| better | worse | Δ accuracy | 2 × larger std | Welch p | visual tokens | KV KiB |",
+             "|---|---|--:|--:|--:|--:|--:|"]
+    for _, r in pairs[pairs["separated"]].iterrows():
+        better, worse = (r["a"], r["b"]) if r["difference"] > 0 else (r["b"], r["a"])
+        tokens = " / ".join(_cell(cost.loc[v].get("val/visual_tokens", math.nan), math.nan, ".0f", 1.0)
+                            for v in (better, worse))
+        kv = " / ".join(_cell(cost.loc[v].get("val/kv_bytes", math.nan), math.nan, ".0f", 1 / 1024)
+                        for v in (better, worse))
+        lines.append(f"| {better} | {worse} | {abs(r['difference']):.3f} | {2 * r['spread']:.3f} | "
+                     f"{r['p']:.3g} | {tokens} | {kv} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # writing
 
@@ -289,6 +332,15 @@ def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title:
               "prefill latency, peak memory (process high-water mark on CPU). Pareto: the fronts "
               "(accuracy against tokens / KV bytes / prefill latency) the variant is on.", ""]
     lines.append(markdown_table(summary))
+    pairs = separations(runs)
+    if len(pairs):
+        n = int(pairs["separated"].sum())
+        lines += ["", "## Differences the seed spread supports", "",
+                  f"{n} of {len(pairs)} pairs of variants differ in accuracy by more than twice the larger of "
+                  f"their seed standard deviations (Welch's two-sided t-test p beside it); the others are within "
+                  f"the seeds' noise. Costs: the better / the worse variant.", ""]
+        if n:
+            lines.append(separation_table(pairs, summary))
     failed = runs[runs["status"] != "ok"]
     if len(failed):
         lines += ["", "## Failed runs", "", "| run | variant | seed | error |", "|---|---|---|---|"]
