@@ -96,7 +96,7 @@ def test_rank_asks_about_one_needle_by_its_place():
     assert set(candidates) <= set(meta["colors"]) and len(set(candidates)) == 4 and answer in candidates
     with pytest.raises(ValueError, match=r"rank task: rank=4, expected 1 … num_needles=3"):
         make_video_frames("rank", sample_rng(0, "x", 0), 64, 32, rank=4)
-    with pytest.raises(ValueError, match=r"rank task needs num_frames >= num_needles\*needle_frames\+num_needles-1 = 5"):
+    with pytest.raises(ValueError, match=r"rank task needs num_frames >= num_needles\*needle_frames\+.* = 5"):
         make_video_frames("rank", sample_rng(0, "x", 0), 4, 32)
 
 
@@ -106,7 +106,8 @@ def test_order_of_three_and_four_events():
     assert question == "In what order do the colors appear?"
     assert meta["colors"] == ["purple", "orange", "blue"] and meta["starts"] == [1, 7, 13]
     assert answer == "purple, orange, blue"
-    assert candidates == ["purple, blue, orange", "blue, orange, purple", "orange, blue, purple", "purple, orange, blue"]
+    assert candidates == ["purple, blue, orange", "blue, orange, purple", "orange, blue, purple",
+                          "purple, orange, blue"]
     for c in candidates:  # every option is an order of the same three colours
         assert sorted(c.split(", ")) == sorted(meta["colors"])
     assert [t for t in range(64) if not is_grey(frames[t])] == [1, 7, 13]
@@ -242,7 +243,8 @@ def test_datamodule_serves_the_heldout_split_as_test(suite):
     dm.setup()
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 18, "val": 12, "test": 12}
     batch = next(iter(dm.test_dataloader()))
-    assert batch["pixels"].shape == (4, 12, 3, 32, 32) and batch["tasks"] == ["needle", "needle_small", "rank", "order3"]
+    assert batch["pixels"].shape == (4, 12, 3, 32, 32)
+    assert batch["tasks"] == ["needle", "needle_small", "rank", "order3"]
     assert all(m["texture"] in HELDOUT_LOOKS[0] for m in batch["meta"])
     # A length set: val only, no train or held-out file, no test split.
     only_val = VideoDataModule(source="suite", root=str(suite.parent), num_frames=16, synthetic={

@@ -217,7 +217,8 @@ def _check_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str,
 
 
 def _split_looks(textures, shapes, heldout_textures, heldout_shapes) -> dict[str, dict[str, list[str]]]:
-    seen = {"textures": list(_names("textures", textures, TEXTURES)), "shapes": list(_names("shapes", shapes, ALL_SHAPES))}
+    seen = {"textures": list(_names("textures", textures, TEXTURES)),
+            "shapes": list(_names("shapes", shapes, ALL_SHAPES))}
     held = {"textures": list(_names("heldout_textures", heldout_textures, TEXTURES)),
             "shapes": list(_names("heldout_shapes", heldout_shapes, ALL_SHAPES))}
     for key in SPLIT_LOOKS:

@@ -394,9 +394,8 @@ def make_video_frames(
         return frames, QUESTIONS["needle"], candidates, color, {**meta, **extra}
 
     if task in ("order", "rank"):
-        n = int(task_params.get("num_events") or 2) if task == "order" else int(task_params.get("num_needles") or NUM_NEEDLES)
-        key = "num_events" if task == "order" else "num_needles"
-        low = 2 if task == "order" else 1
+        key, default, low = ("num_events", 2, 2) if task == "order" else ("num_needles", NUM_NEEDLES, 1)
+        n = int(task_params.get(key) or default)
         if not low <= n <= len(ORDINALS):
             raise ValueError(f"{task} task: {key}={n}, expected {low} … {len(ORDINALS)}")
         need = n * needle_frames + n - 1
@@ -459,7 +458,7 @@ def make_video_frames(
     # count: single-frame flashes, never adjacent, so two flashes never read as one long one.
     lo, hi = (int(c) for c in (task_params.get("count_range") or COUNT_RANGE))
     if not 1 <= lo <= hi or hi - lo + 1 > 26:
-        raise ValueError(f"count task: count_range=[{lo}, {hi}], expected 1 <= lo <= hi with at most 26 counts (options)")
+        raise ValueError(f"count task: count_range=[{lo}, {hi}], expected 1 <= lo <= hi, at most 26 counts (options)")
     count = task_params.get("count")
     count = int(rng.integers(lo, hi + 1)) if count is None else int(count)
     if not lo <= count <= hi:
