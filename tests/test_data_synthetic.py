@@ -85,7 +85,7 @@ def test_order_two_colours_first_one_is_the_answer():
     frames, _, _, _, meta = make_video_frames("order", sample_rng(0, "o", 99), 7, 16, needle_frames=3)
     assert meta["starts"] == [0, 4] and meta["event_indices"] == [0, 1, 2, 4, 5, 6]
     assert [is_grey(f) for f in frames] == [False, False, False, True, False, False, False]
-    with pytest.raises(ValueError, match="order task needs num_frames >= 2\*needle_frames\+1 = 7, got 6"):
+    with pytest.raises(ValueError, match=r"order task needs num_frames >= num_events\*needle_frames\+.* = 7 .*, got 6"):
         make_video_frames("order", sample_rng(0, "o", 99), 6, 16, needle_frames=3)
 
 
@@ -257,3 +257,52 @@ def test_no_linear_readout_finds_every_needle_colour_above_the_haystack():
     n, names = sep.most_colours_above_grey(120.0, 120.0)
     assert n == 7 and "green" not in names
     assert sep.most_colours_above_grey(lo, hi, {"white": (250, 250, 250), "pale": (240, 235, 245)})[0] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Options of the long-video suite: off by default, so the default data is what it always was
+
+
+def test_default_samples_are_unchanged_byte_for_byte():
+    """sha1 of sample 0 of each task at the defaults (32 frames of 32 px), as generated before the
+    suite's options existed: `make train`'s pinned result depends on these exact frames."""
+    import hashlib
+
+    expected = {
+        "needle": ("9ac26e9a9624e758", "d580f5f7c282a29d"),
+        "order": ("b917fb652b3a655a", "43b6eaf6d40100b8"),
+        "count": ("c5e04de45590b33d", "e3a48d871ff55f7b"),
+        "ground": ("d86297f9d295fb7b", "e64bfa923355b085"),
+    }
+    for task, (pixels, text) in expected.items():
+        frames, *rest = make_video_frames(task, sample_rng(0, "train", 0), 32, 32)
+        assert hashlib.sha1(frames.tobytes()).hexdigest()[:16] == pixels, task
+        assert hashlib.sha1(json.dumps(rest).encode()).hexdigest()[:16] == text, task
+    # and the cache directory of the default dataset keeps its name
+    assert synthetic_dir("r").name == "needle-e11fffc2c2"
+
+
+def test_new_options_make_new_datasets_and_must_fit_the_task(tmp_path):
+    base = synthetic_dir(tmp_path, task="order", **TINY)
+    assert synthetic_dir(tmp_path, task="order", num_events=None, needle_patch=None, **TINY) == base
+    assert synthetic_dir(tmp_path, task="order", num_events=3, **TINY) != base
+    assert synthetic_dir(tmp_path, task="order", needle_patch=8, **TINY) != base
+    with pytest.raises(ValueError, match=r"synthetic num_events=3 applies to task order, not 'count'; set it to null"):
+        ensure_synthetic(tmp_path, task="count", num_events=3, **TINY)
+    with pytest.raises(ValueError, match=r"synthetic needle_patch=0, expected a patch side in pixels >= 1"):
+        ensure_synthetic(tmp_path, task="needle", needle_patch=0, **TINY)
+    with pytest.raises(ValueError, match=r"needle_patch=6, expected a divisor of the frame side 16"):
+        make_video_frames("needle", sample_rng(0, "x", 0), 4, 16, needle_patch=6)
+    out = ensure_synthetic(tmp_path, task="rank", **{**TINY, "num_train": 2, "num_val": 1}, textures=["rings"])
+    s = read_mc_json(out / "train.json")[0]
+    assert s.task == "rank" and s.meta["texture"] == "rings" and s.question.startswith("What color is the ")
+    assert json.loads((out / "params.json").read_text())["textures"] == ["rings"]
+
+
+def test_needle_grid_with_a_one_patch_needle(tmp_path):
+    plain = ensure_needle_grid(tmp_path, [8], [0.5], num_per_cell=1, size=32)
+    small = ensure_needle_grid(tmp_path, [8], [0.5], num_per_cell=1, size=32, needle_patch=8)
+    assert plain != small
+    (s,) = read_mc_json(small)
+    y0, x0, y1, x1 = s.meta["box"]
+    assert (y1 - y0, x1 - x0) == (8, 8) and s.meta["patch"] == [y0 // 8, x0 // 8] and s.meta["needle_index"] == 4

@@ -114,7 +114,7 @@ INVALID = [
     (["data.on_error=ignore"], "data.on_error='ignore': choose raise (stop at the first unreadable video) or skip"),
     (["data.backend=opencv"], "data.backend='opencv': choose one of decord, av"),
     (["data.max_skip_fraction=1.5"], "data.max_skip_fraction=1.5: a fraction in [0, 1]"),
-    (["data.synthetic.task=shapes"], "data.synthetic task='shapes', expected one of ('needle', 'order', 'count', 'ground')"),
+    (["data.synthetic.task=shapes"], "data.synthetic task='shapes', expected one of ('needle', 'order', 'count', 'ground', 'rank')"),
     (["data.synthetic.frame_size=33"], "data.synthetic frame_size=33, expected an even number >= 8"),
     (["+data.chek_files=false"], "data.chek_files: VideoDataModule takes no such setting"),
     (["data=mc_json"], "data.train_file is not set (???); give it on the command line"),

@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from vlc.data.annotations import MAX_TEXT_CHARS, Sample, read_llava_json, read_mc_json
 from vlc.data.frames import CLIP_MEAN_RGB, check_aspect
 from vlc.data.sampler import resumable
+from vlc.data.suite import ensure_suite
 from vlc.data.synthetic import ensure_synthetic
 from vlc.data.video import LazyClip, LazyFrames, VideoReadError, file_problem, open_video, read_video
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "mc_json", "llava_json")
+SOURCES = ("synthetic", "suite", "mc_json", "llava_json")
+GENERATED = ("synthetic", "suite")  # sources made on first use from ``synthetic``, the generator parameters
 LISTED = 20  # failures named in one message; the rest are counted
 
 
@@ -283,7 +285,9 @@ class VideoDataModule(L.LightningDataModule):
     """Video QA data from the built-in synthetic benchmark or from annotation files.
 
     source "synthetic": ``root`` is the cache directory, ``synthetic`` the generator parameters
-    (see ``ensure_synthetic``); the test split is the val split. source "mc_json" / "llava_json":
+    (see ``ensure_synthetic``); the test split is the val split. source "suite": ``synthetic`` holds
+    ``ensure_suite``'s parameters; the test split is the suite's held-out split (textures and shapes
+    training never sees). source "mc_json" / "llava_json":
     ``train_file`` / ``val_file`` / ``test_file`` (relative to ``root`` unless absolute; None =
     no such split), videos relative to ``video_root`` (default: each annotation file's folder).
 
@@ -328,7 +332,7 @@ class VideoDataModule(L.LightningDataModule):
             raise ValueError(f"data.source={source!r}, expected one of {SOURCES}")
         if (num_frames is None) == (fps is None):
             raise ValueError(f"data: set exactly one of num_frames or fps; got num_frames={num_frames}, fps={fps}")
-        if source != "synthetic" and not (train_file or val_file or test_file):
+        if source not in GENERATED and not (train_file or val_file or test_file):
             raise ValueError(f"data.source={source!r} needs at least one of train_file, val_file, test_file")
         self.source, self.root = source, root
         self.files = {"train": train_file, "val": val_file, "test": test_file}
@@ -363,13 +367,18 @@ class VideoDataModule(L.LightningDataModule):
 
     @property
     def has_test(self) -> bool:
-        """Whether a test split distinct from val exists (synthetic data has train and val only)."""
+        """Whether a test split distinct from val exists (synthetic data has train and val only; the
+        suite's test split is its held-out one)."""
+        if self.source == "suite":
+            return int(self.synthetic.get("num_heldout", 1)) > 0  # absent: ensure_suite's default, > 0
         return self.source != "synthetic" and bool(self.files["test"])
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node, so generation never races with itself.
         if self.source == "synthetic":
             ensure_synthetic(self.root, **self.synthetic)
+        if self.source == "suite":
+            ensure_suite(self.root, **self.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -441,6 +450,10 @@ class VideoDataModule(L.LightningDataModule):
             folder = ensure_synthetic(self.root, **self.synthetic)  # returns the cached dir at once
             val = read_mc_json(folder / "val.json")
             return {"train": read_mc_json(folder / "train.json"), "val": val, "test": val}
+        if self.source == "suite":
+            folder = ensure_suite(self.root, **self.synthetic)  # the cached dir at once
+            files = {"train": "train.json", "val": "val.json", "test": "heldout.json"}  # a split of 0 samples has none
+            return {split: read_mc_json(folder / name) for split, name in files.items() if (folder / name).is_file()}
         reader = read_mc_json if self.source == "mc_json" else read_llava_json
         splits = {}
         for split, name in self.files.items():
@@ -462,7 +475,7 @@ class VideoDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
         if split not in self.datasets:
-            given = {k: v for k, v in self.files.items() if v} if self.source != "synthetic" else "synthetic"
+            given = {k: v for k, v in self.files.items() if v} if self.source not in GENERATED else self.source
             raise RuntimeError(f"no {split} data: call setup() first, or set data.{split}_file (have: {given})")
         return DataLoader(
             self.datasets[split],

@@ -1,14 +1,20 @@
 """The built-in synthetic benchmark: real H.264 videos plus multiple-choice JSON.
 
-Three task families after VNBench, plus a temporal grounding one, each a question whose answer
-lives in a few frames of a long, uninformative "haystack":
+Three task families after VNBench, a temporal grounding one and a rank one, each a question whose
+answer lives in a few frames of a long, uninformative "haystack":
 
 - **needle**: one frame (or a short clip, ``needle_frames``) shows a large, clearly coloured shape;
   "What color is the shape that appears briefly in the video?"
 - **order**: two differently coloured shapes appear at two different times;
   "Which color appeared first?"
-- **count**: a red shape flashes k ∈ {1, 2, 3, 4} times in non-adjacent frames;
-  "How many times does the red shape appear?"
+- **order** with ``num_events`` n >= 3: n colours, "In what order do the colors appear?", answered
+  by the colours in order (``"red, blue, green"``) among 4 orderings of the same colours, so only
+  the order tells them apart.
+- **count**: a red shape flashes k ∈ ``count_range`` (default {1, 2, 3, 4}) times in non-adjacent
+  frames; "How many times does the red shape appear?", every count of the range an option.
+- **rank**: ``num_needles`` shapes of different colours appear one after another; "What color is the
+  second shape to appear?" (the rank drawn per sample). With 3 needles the options hold all three
+  colours, so knowing *which* colours appeared is not enough.
 - **ground**: a red circle is shown during one contiguous span of 2 … num_frames//4 frames;
   "When does the red circle appear?", answered by the span in seconds, ``"2.5-4.0"`` (start = the
   first red frame's timestamp, end = the timestamp just after the last). The other 3 candidates
@@ -19,6 +25,13 @@ The haystack is grey on purpose: textured noise and slowly drifting grey blobs, 
 anywhere, so no frame but the event frames says anything about the answer, and a model (or a
 compressor) must keep the one informative frame out of many. Frames change a little from one to
 the next, so pixel-difference pruning has something real to do.
+
+Options that make it harder, all off by default (the defaults generate today's files exactly):
+``needle_patch`` draws every event shape inside one patch-aligned cell of that side (8 px of a
+32 px frame is one token of the tiny ViT), so spatial pooling and merging have detail to lose;
+``textures`` picks the haystack's texture family per sample (``TEXTURES``) and ``shapes`` the event
+shapes (``ALL_SHAPES``), which is how ``vlc.data.suite`` keeps a held-out split whose textures and
+shapes training never saw.
 
 Generation is seeded per sample (seed, split, index), so it is reproducible and does not depend
 on the order samples are made in. ``ensure_synthetic`` caches a dataset under a directory named by
@@ -60,20 +73,27 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (120, 40, 200),
 }
 COLORS = tuple(PALETTE)
-SHAPES = ("square", "circle")
-TASKS = ("needle", "order", "count", "ground")
+SHAPES = ("square", "circle")  # the default event shapes
+ALL_SHAPES = (*SHAPES, "diamond", "cross", "triangle")
+# Haystack texture families (all grey): "blocks" is the default; the others exist so a held-out
+# split can show textures never seen in training.
+TEXTURES = ("blocks", "stripes", "checker", "rings")
+TASKS = ("needle", "order", "count", "ground", "rank")
 # Event shapes span this fraction of the frame side (lo, hi). The default fills the frame: a brief
 # full-frame flash of colour, so each event frame is unmistakable on its own and the difficulty is
 # purely *finding* it among the haystack frames. Smaller shapes (e.g. [0.33, 0.5]) also test how
 # much spatial detail a compressor keeps, and take a tiny model from scratch far longer to learn.
 SHAPE_SIZE = (1.0, 1.0)
+# Every task draws its haystack and shapes the same way: (needle_patch, textures, shapes).
+_LOOKS = {"shape_size", "needle_patch", "textures", "shapes"}
 TASK_PARAMS = {
-    "needle": {"needle_frames", "depth", "color", "shape_size"},
-    "order": {"needle_frames", "shape_size"},
-    "count": {"needle_frames", "count", "shape_size"},
-    # needle_frames is accepted (ensure_synthetic passes it to every task) but unused: the span's
-    # length is drawn per sample, or fixed by span_frames.
-    "ground": {"needle_frames", "span_frames", "start", "shape_size"},
+    "needle": {"needle_frames", "depth", "color", *_LOOKS},
+    "order": {"needle_frames", "num_events", *_LOOKS},
+    # needle_frames is accepted (ensure_synthetic passes it to every task) but unused by count
+    # (single-frame flashes) and ground (the span's length is drawn per sample, or span_frames).
+    "count": {"needle_frames", "count", "count_range", *_LOOKS},
+    "ground": {"needle_frames", "span_frames", "start", *_LOOKS},
+    "rank": {"needle_frames", "num_needles", "rank", *_LOOKS},
 }
 
 QUESTIONS = {
@@ -82,7 +102,14 @@ QUESTIONS = {
     "count": "How many times does the red shape appear?",
     "ground": "When does the red circle appear?",
 }
+# With explicit ``shapes`` the ground task's shape is drawn from them, so its question names none.
+GROUND_QUESTION_ANY_SHAPE = "When does the red shape appear?"
+ORDER_QUESTION_MANY = "In what order do the colors appear?"
+RANK_QUESTION = "What color is the {ordinal} shape to appear?"
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+COUNT_RANGE = (1, 4)
 COUNT_CHOICES = ["1", "2", "3", "4"]
+NUM_NEEDLES = 3  # rank task
 GROUND_MIN_SPAN = 2  # frames: a single red frame would make grounding the needle task again
 
 # Low CRF: at 32×32 the chroma planes are 16×16, and the default CRF 23 washes colours out.
@@ -93,14 +120,12 @@ CRF = 10
 # Frames
 
 
-def make_haystack(num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(T, S, S, 3) uint8 grey frames: a fixed texture, drifting blobs and a little fresh noise."""
+def make_haystack(num_frames: int, size: int, rng: np.random.Generator, texture: str = "blocks") -> np.ndarray:
+    """(T, S, S, 3) uint8 grey frames: a fixed ``texture``, drifting blobs and a little fresh noise."""
     _check_size(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (S, S)
-    # Smooth texture: coarse noise upsampled, so it looks like a surface rather than static.
-    coarse = rng.normal(0.0, 1.0, (size // 4 + 2, size // 4 + 2)).astype(np.float32)
-    texture = np.kron(coarse, np.ones((4, 4), np.float32))[:size, :size]
-    base = rng.uniform(90, 150) + 18.0 * texture  # (S, S)
+    pattern = make_texture(texture, size, rng)  # (S, S), about unit spread; drawn before the brightness
+    base = rng.uniform(90, 150) + 18.0 * pattern  # (S, S)
     # Blobs drift linearly and bounce off the borders: slow, content-free motion.
     num_blobs = int(rng.integers(2, 5))
     pos = rng.uniform(0, size, (num_blobs, 2))
@@ -121,21 +146,60 @@ def make_haystack(num_frames: int, size: int, rng: np.random.Generator) -> np.nd
     return np.repeat(grey[..., None], 3, axis=-1)  # (T, S, S, 3): R = G = B, zero saturation
 
 
+def make_texture(texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(S, S) float32 grey pattern of about unit spread, of one of the ``TEXTURES`` families."""
+    if texture == "blocks":
+        # Smooth texture: coarse noise upsampled, so it looks like a surface rather than static.
+        coarse = rng.normal(0.0, 1.0, (size // 4 + 2, size // 4 + 2)).astype(np.float32)
+        return np.kron(coarse, np.ones((4, 4), np.float32))[:size, :size]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (S, S)
+    if texture == "stripes":  # a sine grating at a random angle, period and phase
+        angle, period, phase = rng.uniform(0, np.pi), rng.uniform(4, 12), rng.uniform(0, 2 * np.pi)
+        along = xx * np.cos(angle) + yy * np.sin(angle)
+        return (np.sqrt(2) * np.sin(2 * np.pi * along / period + phase)).astype(np.float32)
+    if texture == "checker":  # hard-edged squares of 2 … 6 px, shifted at random
+        cell = int(rng.integers(2, 7))
+        oy, ox = (int(o) for o in rng.integers(0, cell, 2))
+        parity = ((yy.astype(int) + oy) // cell + (xx.astype(int) + ox) // cell) % 2
+        return (2.0 * parity - 1.0).astype(np.float32)
+    if texture == "rings":  # concentric sine rings around a random centre
+        cy, cx = rng.uniform(0, size, 2)
+        period, phase = rng.uniform(4, 12), rng.uniform(0, 2 * np.pi)
+        radius = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        return (np.sqrt(2) * np.sin(2 * np.pi * radius / period + phase)).astype(np.float32)
+    raise ValueError(f"unknown haystack texture {texture!r}; expected one of {TEXTURES}")
+
+
 def draw_shape(
     frame: np.ndarray,
     color: str,
     rng: np.random.Generator,
     shape: str | None = None,
     shape_size: tuple[float, float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    shapes: tuple[str, ...] = SHAPES,
 ) -> dict[str, Any]:
-    """Draw a filled square or circle whose side is a ``shape_size`` fraction of the frame, in place;
-    return where."""
+    """Draw a filled shape in place and return where: ``{"shape", "box"}`` (+ ``"patch"``).
+
+    The shape (drawn from ``shapes`` unless given) fills a square box whose side is a
+    ``shape_size`` fraction of the frame at a random position, or, with ``needle_patch`` p, exactly
+    one cell of the frame's p-pixel grid (``"patch": [row, col]``): with p the encoder's patch
+    size, the event is one visual token.
+    """
     if color not in PALETTE:
         raise ValueError(f"unknown color {color!r}; expected one of {COLORS}")
     size = frame.shape[0]
-    shape = shape or str(rng.choice(SHAPES))
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    shape = shape or str(rng.choice(shapes))
+    if shape not in ALL_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {ALL_SHAPES}")
+    if needle_patch is not None:
+        p = int(needle_patch)
+        if not 1 <= p <= size or size % p:
+            raise ValueError(f"needle_patch={needle_patch}, expected a divisor of the frame side {size} (pixels)")
+        row, col = (int(i) for i in rng.integers(0, size // p, 2))
+        box = [row * p, col * p, (row + 1) * p, (col + 1) * p]
+        paint_shape(frame, color, shape, box)
+        return {"shape": shape, "box": box, "patch": [row, col]}
     lo, hi = (float(f) for f in shape_size)
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"shape_size={list(shape_size)}, expected fractions 0 < lo <= hi <= 1 of the frame side")
@@ -147,16 +211,31 @@ def draw_shape(
     return {"shape": shape, "box": box}
 
 
+def shape_mask(shape: str, height: int, width: int) -> np.ndarray:
+    """(h, w) bool: the pixels of ``shape`` inscribed in an h × w box (pixel centres inside)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    ry, rx = height / 2, width / 2
+    u, v = (yy + 0.5 - ry) / ry, (xx + 0.5 - rx) / rx  # (h, w) in (-1, 1)
+    if shape == "square":
+        return np.ones((height, width), bool)
+    if shape == "circle":
+        return u**2 + v**2 <= 1.0
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1.0
+    if shape == "cross":  # a plus sign, arms a third of the side wide
+        return (np.abs(u) <= 1 / 3) | (np.abs(v) <= 1 / 3)
+    if shape == "triangle":  # apex at the top centre, base along the bottom
+        return np.abs(v) <= (u + 1.0) / 2
+    raise ValueError(f"unknown shape {shape!r}; expected one of {ALL_SHAPES}")
+
+
 def paint_shape(frame: np.ndarray, color: str, shape: str, box: list[int]) -> None:
     """Fill ``shape`` inscribed in ``box`` (y0, x0, y1, x1) of a (H, W, 3) frame, in place."""
     y0, x0, y1, x1 = box
     if shape == "square":
         frame[y0:y1, x0:x1] = PALETTE[color]
         return
-    yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0]
-    ry, rx = (y1 - y0) / 2, (x1 - x0) / 2
-    disk = ((yy + 0.5 - ry) / ry) ** 2 + ((xx + 0.5 - rx) / rx) ** 2 <= 1.0  # (h, w)
-    frame[y0:y1, x0:x1][disk] = PALETTE[color]
+    frame[y0:y1, x0:x1][shape_mask(shape, y1 - y0, x1 - x0)] = PALETTE[color]
 
 
 def make_needle_frames(
@@ -168,19 +247,23 @@ def make_needle_frames(
     needle_frames: int = 1,
     shape: str | None = None,
     shape_size: tuple[float, float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    shapes: tuple[str, ...] = SHAPES,
+    texture: str = "blocks",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A haystack with one coloured shape shown for ``needle_frames`` frames from int(N·depth).
 
     Returns ``(frames (T, S, S, 3) uint8, meta)``; the clip is moved earlier if it would run past
-    the end, so a depth near 1 still shows every needle frame.
+    the end, so a depth near 1 still shows every needle frame. ``needle_patch``, ``shapes``: see
+    ``draw_shape``; ``texture``: see ``make_haystack``.
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"needle depth={depth}, expected a fraction in [0, 1]")
     if not 1 <= needle_frames <= num_frames:
         raise ValueError(f"needle_frames={needle_frames}, expected 1 … num_frames={num_frames}")
-    frames = make_haystack(num_frames, size, rng)
+    frames = make_haystack(num_frames, size, rng, texture)
     index = min(int(num_frames * depth), num_frames - needle_frames)
-    where = draw_shape(frames[index], color, rng, shape, shape_size)
+    where = draw_shape(frames[index], color, rng, shape, shape_size, needle_patch, shapes)
     for t in range(index + 1, index + needle_frames):  # a short clip: the same shape, held still
         paint_shape(frames[t], color, where["shape"], where["box"])
     meta = {
@@ -209,8 +292,12 @@ def make_ground_frames(
     span_frames: int | None = None,
     start: int | None = None,
     shape_size: tuple[float, float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    shape: str = "circle",
+    texture: str = "blocks",
 ) -> tuple[np.ndarray, list[str], str, dict[str, Any]]:
-    """A haystack with a red circle held still on frames ``start … start + span_frames - 1``.
+    """A haystack with a red ``shape`` (a circle by default) held still on frames
+    ``start … start + span_frames - 1``.
 
     ``span_frames`` defaults to uniform over 2 … max(2, num_frames // 4) and ``start`` to uniform
     over the positions where the span fits. Returns ``(frames, candidates, answer, meta)``: the
@@ -252,8 +339,8 @@ def make_ground_frames(
         raise ValueError(f"ground task: fewer than 4 distinct span texts at fps={fps}; lower data.synthetic.fps")
     candidates = [picked[i] for i in rng.permutation(4)]
 
-    frames = make_haystack(num_frames, size, rng)
-    where = draw_shape(frames[start], "red", rng, "circle", shape_size)
+    frames = make_haystack(num_frames, size, rng, texture)
+    where = draw_shape(frames[start], "red", rng, shape, shape_size, needle_patch)
     for t in range(start + 1, start + span_frames):  # the same circle, held still
         paint_shape(frames[t], "red", where["shape"], where["box"])
     meta = {
@@ -273,12 +360,15 @@ def make_video_frames(
 ) -> tuple[np.ndarray, str, list[str], str, dict[str, Any]]:
     """One sample of ``task``: ``(frames (T, S, S, 3) uint8, question, candidates, answer, meta)``.
 
-    task_params: ``needle_frames`` (needle and order: frames each event lasts), and
+    task_params: ``needle_frames`` (needle, order, rank: frames each event lasts), and
     needle: ``depth`` (default uniform in [0, 1)), ``color`` (default uniform over the palette);
-    count: ``count`` (default uniform over 1…4); ground: ``span_frames``, ``start`` (see
-    ``make_ground_frames``). ``fps`` is the rate the video will be written at: only ground uses it,
-    for the seconds in its answer. ``meta["event_indices"]`` lists the frames holding the answer,
-    for every task.
+    order: ``num_events`` (default 2); count: ``count`` (default uniform over ``count_range``,
+    default (1, 4)); ground: ``span_frames``, ``start`` (see ``make_ground_frames``); rank:
+    ``num_needles`` (default 3), ``rank`` (1-based, default uniform). Every task: ``shape_size``,
+    ``needle_patch`` and ``shapes`` (see ``draw_shape``; the default draws from ``SHAPES``) and
+    ``textures`` (the haystack's texture is drawn from them; default "blocks", no draw). ``fps``
+    is the rate the video will be written at: only ground uses it, for the seconds in its answer.
+    ``meta["event_indices"]`` lists the frames holding the answer, for every task.
     """
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {TASKS}")
@@ -287,73 +377,111 @@ def make_video_frames(
     if unknown:
         raise TypeError(f"synthetic task {task!r} got unknown parameters {sorted(unknown)}; allowed: {sorted(allowed)}")
     needle_frames = int(task_params.get("needle_frames", 1))
-    shape_size = tuple(task_params.get("shape_size") or SHAPE_SIZE)
+    looks = dict(shape_size=tuple(task_params.get("shape_size") or SHAPE_SIZE))
+    looks["needle_patch"] = task_params.get("needle_patch")
+    looks["shapes"] = _names("shapes", task_params.get("shapes"), ALL_SHAPES) or SHAPES
+    # Drawn first, and only when asked for, so the default's stream of draws is the original one.
+    textures = _names("textures", task_params.get("textures"), TEXTURES)
+    texture = str(rng.choice(textures)) if textures else "blocks"
+    extra = {"texture": texture} if textures else {}  # the default JSON stays as it was
 
     if task == "needle":
         depth = task_params.get("depth")
         depth = float(rng.uniform(0.0, 1.0)) if depth is None else float(depth)
         color = task_params.get("color") or str(rng.choice(COLORS))
-        frames, meta = make_needle_frames(num_frames, depth, color, size, rng, needle_frames, shape_size=shape_size)
+        frames, meta = make_needle_frames(num_frames, depth, color, size, rng, needle_frames, texture=texture, **looks)
         candidates = _candidates([color], rng)
-        return frames, QUESTIONS["needle"], candidates, color, meta
+        return frames, QUESTIONS["needle"], candidates, color, {**meta, **extra}
 
-    if task == "order":
-        if num_frames < 2 * needle_frames + 1:
-            need = 2 * needle_frames + 1
-            raise ValueError(f"order task needs num_frames >= 2*needle_frames+1 = {need}, got {num_frames}")
-        first, second = (str(c) for c in rng.choice(COLORS, size=2, replace=False))
-        # Two clips of needle_frames with at least one haystack frame between them. Pairs a < b
-        # in [0, T - 2L] map one-to-one onto such layouts (second start = b + L), so every
-        # layout is equally likely.
-        a, b = sorted(int(i) for i in rng.choice(num_frames - 2 * needle_frames + 1, size=2, replace=False))
-        starts = [a, b + needle_frames]
-        frames = make_haystack(num_frames, size, rng)
+    if task in ("order", "rank"):
+        key, default, low = ("num_events", 2, 2) if task == "order" else ("num_needles", NUM_NEEDLES, 1)
+        n = int(task_params.get(key) or default)
+        if not low <= n <= len(ORDINALS):
+            raise ValueError(f"{task} task: {key}={n}, expected {low} … {len(ORDINALS)}")
+        need = n * needle_frames + n - 1
+        if num_frames < need:
+            raise ValueError(
+                f"{task} task needs num_frames >= {key}*needle_frames+{key}-1 = {need} "
+                f"({n} clips of {needle_frames} with a haystack frame between), got {num_frames}"
+            )
+        rank = task_params.get("rank")
+        if task == "rank" and rank is not None and not 1 <= int(rank) <= n:
+            raise ValueError(f"rank task: rank={rank}, expected 1 … num_needles={n}")
+        colors = [str(c) for c in rng.choice(COLORS, size=n, replace=False)]  # in the order they appear
+        # n clips of needle_frames with at least one haystack frame between them. Sorted distinct
+        # s_0 < … < s_{n-1} in [0, T - nL] map one-to-one onto such layouts (start_j = s_j + jL),
+        # so every layout is equally likely.
+        slots = sorted(int(i) for i in rng.choice(num_frames - n * needle_frames + 1, size=n, replace=False))
+        starts = [s + j * needle_frames for j, s in enumerate(slots)]
+        frames = make_haystack(num_frames, size, rng, texture)
         wheres = []
-        for start, color in zip(starts, (first, second)):
-            where = draw_shape(frames[start], color, rng, None, shape_size)
+        for start, color in zip(starts, colors):
+            where = draw_shape(frames[start], color, rng, None, **looks)
             for t in range(start + 1, start + needle_frames):
                 paint_shape(frames[t], color, where["shape"], where["box"])
             wheres.append(where)
         meta = {
             "length": num_frames,
-            "colors": [first, second],
+            "colors": colors,
             "starts": starts,
             "needle_frames": needle_frames,
             "shapes": [w["shape"] for w in wheres],
             "boxes": [w["box"] for w in wheres],
+            **({"patches": [w["patch"] for w in wheres]} if looks["needle_patch"] is not None else {}),
             "event_indices": [s + k for s in starts for k in range(needle_frames)],
+            **extra,
         }
-        candidates = _candidates([first, second], rng)
-        return frames, QUESTIONS["order"], candidates, first, meta
+        if task == "order" and n == 2:  # the original question: which came first
+            return frames, QUESTIONS["order"], _candidates(colors, rng), colors[0], meta
+        if task == "order":
+            return frames, ORDER_QUESTION_MANY, *_order_candidates(colors, rng), meta
+        rank = int(rng.integers(1, n + 1)) if rank is None else int(rank)
+        answer = colors[rank - 1]
+        # The options are the needles' own colours where they fit (up to 4), so knowing which
+        # colours appeared does not answer the question; only their order does.
+        others = [c for c in colors if c != answer]
+        shown = others if n <= 4 else [str(c) for c in rng.choice(others, size=3, replace=False)]
+        meta.update(rank=rank, target_indices=list(range(starts[rank - 1], starts[rank - 1] + needle_frames)))
+        question = RANK_QUESTION.format(ordinal=ORDINALS[rank - 1])
+        return frames, question, _candidates([answer, *shown], rng), answer, meta
 
     if task == "ground":
+        explicit = task_params.get("shapes") is not None
+        shape = str(rng.choice(looks["shapes"])) if explicit else "circle"
         frames, candidates, answer, meta = make_ground_frames(
-            num_frames, size, rng, fps, task_params.get("span_frames"), task_params.get("start"), shape_size
+            num_frames, size, rng, fps, task_params.get("span_frames"), task_params.get("start"),
+            looks["shape_size"], looks["needle_patch"], shape, texture,
         )
-        return frames, QUESTIONS["ground"], candidates, answer, meta
+        question = GROUND_QUESTION_ANY_SHAPE if explicit else QUESTIONS["ground"]
+        return frames, question, candidates, answer, {**meta, **extra}
 
     # count: single-frame flashes, never adjacent, so two flashes never read as one long one.
+    lo, hi = (int(c) for c in (task_params.get("count_range") or COUNT_RANGE))
+    if not 1 <= lo <= hi or hi - lo + 1 > 26:
+        raise ValueError(f"count task: count_range=[{lo}, {hi}], expected 1 <= lo <= hi, at most 26 counts (options)")
     count = task_params.get("count")
-    count = int(rng.integers(1, 5)) if count is None else int(count)
-    if not 1 <= count <= 4:
-        raise ValueError(f"count={count}, expected 1 … 4")
+    count = int(rng.integers(lo, hi + 1)) if count is None else int(count)
+    if not lo <= count <= hi:
+        raise ValueError(f"count={count}, expected {lo} … {hi}")
     if num_frames < 2 * count - 1:
         raise ValueError(f"count task needs num_frames >= 2*count-1 = {2 * count - 1}, got {num_frames}")
     # k sorted distinct slots among T-k+1, then slot j moves right by j: gaps of at least 2.
     slots = np.sort(rng.choice(num_frames - count + 1, size=count, replace=False))
     indices = [int(s) + j for j, s in enumerate(slots)]
-    frames = make_haystack(num_frames, size, rng)
-    shape = str(rng.choice(SHAPES))
-    boxes = [draw_shape(frames[i], "red", rng, shape, shape_size)["box"] for i in indices]
+    frames = make_haystack(num_frames, size, rng, texture)
+    shape = str(rng.choice(looks["shapes"]))
+    wheres = [draw_shape(frames[i], "red", rng, shape, **looks) for i in indices]
     meta = {
         "length": num_frames,
         "count": count,
         "color": "red",
         "shape": shape,
-        "boxes": boxes,
+        "boxes": [w["box"] for w in wheres],
+        **({"patches": [w["patch"] for w in wheres]} if looks["needle_patch"] is not None else {}),
         "event_indices": indices,
+        **extra,
     }
-    return frames, QUESTIONS["count"], list(COUNT_CHOICES), str(count), meta
+    return frames, QUESTIONS["count"], [str(k) for k in range(lo, hi + 1)], str(count), meta
 
 
 def _candidates(required: list[str], rng: np.random.Generator, total: int = 4) -> list[str]:
@@ -361,6 +489,29 @@ def _candidates(required: list[str], rng: np.random.Generator, total: int = 4) -
     others = [c for c in COLORS if c not in required]
     picked = list(required) + [str(c) for c in rng.choice(others, size=total - len(required), replace=False)]
     return [picked[i] for i in rng.permutation(total)]
+
+
+def _order_candidates(colors: list[str], rng: np.random.Generator, total: int = 4) -> tuple[list[str], str]:
+    """The true order of ``colors`` and ``total - 1`` other orders of the same colours, shuffled:
+    ``(candidates, answer)``, each written ``"red, blue, green"``."""
+    answer = ", ".join(colors)
+    picked = [answer]
+    while len(picked) < total:  # n >= 3 has n! >= 6 orders, so this ends
+        text = ", ".join(colors[i] for i in rng.permutation(len(colors)))
+        if text not in picked:
+            picked.append(text)
+    return [picked[i] for i in rng.permutation(total)], answer
+
+
+def _names(key: str, value: Any, known: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A non-empty tuple of known names from a config list, or None when not given."""
+    if value is None:
+        return None
+    names = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+    bad = [n for n in names if n not in known]
+    if not names or bad:
+        raise ValueError(f"synthetic {key}={list(names)}: expected a non-empty list of {known}")
+    return names
 
 
 def _check_size(size: int) -> None:
@@ -413,9 +564,18 @@ def synthetic_dir(
     seed: int = 0,
     needle_frames: int = 1,
     shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    textures: list[str] | None = None,
+    shapes: list[str] | None = None,
+    num_events: int | None = None,
+    num_needles: int | None = None,
+    count_range: list[int] | None = None,
 ) -> Path:
     """Where ``ensure_synthetic`` keeps the dataset with these parameters (whether made yet or not)."""
-    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size)
+    options = dict(needle_patch=needle_patch, textures=textures, shapes=shapes, num_events=num_events,
+                   num_needles=num_needles, count_range=count_range)
+    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size,
+                               **options)
     return Path(root) / f"{task}-{_params_hash(params)}"
 
 
@@ -430,13 +590,27 @@ def ensure_synthetic(
     seed: int = 0,
     needle_frames: int = 1,
     shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    textures: list[str] | None = None,
+    shapes: list[str] | None = None,
+    num_events: int | None = None,
+    num_needles: int | None = None,
+    count_range: list[int] | None = None,
 ) -> Path:
     """Generate the dataset into ``root/<task>-<hash of params>/`` unless it is already there.
 
     The directory holds ``train.json`` and ``val.json`` (``read_mc_json`` format, video paths
     relative to the JSON), ``params.json`` and ``videos/<split>/<index>.mp4``.
+
+    The options from ``needle_patch`` on are ``make_video_frames``'s task parameters; None (the
+    default) leaves each out, so the default dataset is the one this generator has always made.
+    Each one given must apply to ``task`` (e.g. ``num_events`` to order).
     """
-    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size)
+    options = dict(needle_patch=needle_patch, textures=textures, shapes=shapes, num_events=num_events,
+                   num_needles=num_needles, count_range=count_range)
+    params = _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size,
+                               **options)
+    given = {k: params[k] for k in options if k in params}
     final = Path(root) / f"{task}-{_params_hash(params)}"
     if final.is_dir():
         return final
@@ -447,7 +621,8 @@ def ensure_synthetic(
             for i in tqdm(range(count), desc=f"synthetic {task} {split}", unit="video"):
                 rng = sample_rng(seed, split, i)
                 frames, question, candidates, answer, meta = make_video_frames(
-                    task, rng, num_frames, frame_size, fps, needle_frames=needle_frames, shape_size=tuple(shape_size)
+                    task, rng, num_frames, frame_size, fps, needle_frames=needle_frames, shape_size=tuple(shape_size),
+                    **given,
                 )
                 rel = f"videos/{split}/{i:06d}.mp4"
                 write_mp4(tmp / rel, frames, fps)
@@ -470,14 +645,19 @@ def ensure_needle_grid(
     seed: int = 0,
     needle_frames: int = 1,
     shape_size: tuple[float, float] | list[float] = SHAPE_SIZE,
+    needle_patch: int | None = None,
+    textures: list[str] | None = None,
+    shapes: list[str] | None = None,
 ) -> Path:
     """A needle-in-a-haystack grid: ``num_per_cell`` needle videos per (length, depth) cell.
 
     Returns the path of the grid's MC JSON (``grid.json``) in ``root/niah-<hash>/``; every sample's
     ``meta`` carries ``length`` (frames in the video) and ``depth`` (where the needle sits), the
     axes of a NIAH heatmap. Colours cycle through the palette within a cell, so every cell asks
-    about the same mix of colours.
+    about the same mix of colours. ``needle_patch`` (a one-patch needle), ``textures`` and
+    ``shapes``: as ``make_video_frames``; None leaves each out (the original grid).
     """
+    looks = _looks(needle_patch, textures, shapes)
     lengths = [int(n) for n in lengths]
     depths = [float(d) for d in depths]
     if not lengths or not depths:
@@ -493,6 +673,7 @@ def ensure_needle_grid(
         "needle_frames": int(needle_frames),
         "shape_size": [float(f) for f in shape_size],
         "version": GENERATOR_VERSION,
+        **looks,
     }
     final = Path(root) / f"niah-{_params_hash(params)}"
     if final.is_dir():
@@ -513,7 +694,7 @@ def ensure_needle_grid(
                     color = COLORS[(offset + j) % len(COLORS)]
                     frames, question, candidates, answer, meta = make_video_frames(
                         "needle", rng, length, size, depth=depth, color=color, needle_frames=needle_frames,
-                        shape_size=tuple(shape_size),
+                        shape_size=tuple(shape_size), **looks,
                     )
                     rel = f"videos/L{length}-d{di}/{j:04d}.mp4"
                     write_mp4(tmp / rel, frames, fps)
@@ -530,7 +711,10 @@ def ensure_needle_grid(
     return final / "grid.json"
 
 
-def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size) -> dict[str, Any]:
+def _synthetic_params(
+    task, num_frames, frame_size, fps, num_train, num_val, seed, needle_frames, shape_size,
+    needle_patch=None, textures=None, shapes=None, num_events=None, num_needles=None, count_range=None,
+) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"synthetic task={task!r}, expected one of {TASKS}")
     _check_size(int(frame_size))
@@ -551,7 +735,43 @@ def _synthetic_params(task, num_frames, frame_size, fps, num_train, num_val, see
         "needle_frames": int(needle_frames),
         "shape_size": [float(f) for f in shape_size],
         "version": GENERATOR_VERSION,
+        **_looks(needle_patch, textures, shapes),
+        **_task_options(task, num_events=num_events, num_needles=num_needles, count_range=count_range),
     }
+
+
+def _looks(needle_patch, textures, shapes) -> dict[str, Any]:
+    """The options every task takes, as they enter a dataset's params: only those given, so a
+    dataset without them keeps the hash (and the directory) it has always had."""
+    looks: dict[str, Any] = {}
+    if needle_patch is not None:
+        if isinstance(needle_patch, bool) or not isinstance(needle_patch, int) or needle_patch < 1:
+            raise ValueError(f"synthetic needle_patch={needle_patch!r}, expected a patch side in pixels >= 1, or null")
+        looks["needle_patch"] = int(needle_patch)
+    for key, value, known in (("textures", textures, TEXTURES), ("shapes", shapes, ALL_SHAPES)):
+        names = _names(key, value, known)
+        if names is not None:
+            looks[key] = list(names)
+    return looks
+
+
+def _task_options(task: str, **options: Any) -> dict[str, Any]:
+    """The task-specific options given (not None); each must belong to ``task``."""
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in TASK_PARAMS[task]:
+            owners = [t for t in TASKS if key in TASK_PARAMS[t]]
+            raise ValueError(f"synthetic {key}={given[key]!r} applies to task {' / '.join(owners)}, not {task!r}; "
+                             f"set it to null")
+    if "count_range" in given:
+        lo_hi = [int(c) for c in given["count_range"]]
+        if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+            raise ValueError(f"synthetic count_range={given['count_range']!r}, expected [lo, hi] with 1 <= lo <= hi")
+        given["count_range"] = lo_hi
+    for key in ("num_events", "num_needles"):
+        if key in given:
+            given[key] = int(given[key])
+    return given
 
 
 def _params_hash(params: dict[str, Any]) -> str:
