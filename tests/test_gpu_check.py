@@ -1,0 +1,260 @@
+"""``scripts/gpu_check.py``: its FLOP counts against a hand count and torch's FLOP counter on the real
+code, its max-frames search on fake memory, and its CPU dry run (every part, the same code path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    if "gpu_check" in sys.modules:
+        return sys.modules["gpu_check"]
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gc = _load()
+TINY = dict(layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=16)
+
+
+def test_vst_prefill_flops_hand_count():
+    # sink 2, then 10 raw tokens in windows of 4 at r = 2: windows (n, beacons, memory before) =
+    # (2, 0, 0) the sink, (4, 2, 2), (4, 2, 4), (2, 1, 6); memory after: 2 + 2 + 2 + 1 = 7.
+    # q_dim 8, kv_dim 4, per slot: k+v 2·8·2·4 = 128 (2 layers), q 2·8·8 = 128, o 128, MLP 6·8·16 = 768
+    # (1 layer: the last stops after its KV); attention 4·8 = 32 per causal pair, pairs L·m + L(L+1)/2.
+    f = gc.vst_prefill_flops(**TINY, sink=2, visual=10, window=4, ratio=2)
+    slots = 2 + 6 + 6 + 3
+    pairs = (0 + 3) + (6 * 2 + 21) + (6 * 4 + 21) + (3 * 6 + 6)  # 3 + 33 + 45 + 24 = 105
+    dense = 2 * 2 + 6 * 8 + 6 * 10 + 3 * 9  # L · (m + L)
+    assert f["kv_proj"] == 2 * 128 * slots == 4352
+    assert f["q_proj"] == f["o_proj"] == 128 * slots == 2176
+    assert f["mlp"] == 768 * slots == 13056
+    assert f["attention"] == 32 * pairs == 3360
+    assert f["attention_dense"] == 32 * dense == 4448
+    assert f["total"] == 4352 + 2 * 2176 + 13056 + 3360 == 25120
+    assert (f["memory"], f["windows"]) == (7, 3)
+
+
+def test_vst_prefill_flops_window_carry():
+    # window 5 at r = 2 takes 4 raw tokens a window (two whole beacon groups); the fifth waits.
+    f = gc.vst_prefill_flops(**TINY, sink=0, visual=13, window=5, ratio=2)
+    assert (f["windows"], f["memory"]) == (4, 2 + 2 + 2 + 1)  # 4, 4, 4 raw (5 left is a window: 4 go), then 1
+    with pytest.raises(ValueError, match="ratio"):
+        gc.vst_prefill_flops(**TINY, sink=0, visual=8, window=4, ratio=5)
+
+
+def test_vst_prefill_flops_match_the_code(monkeypatch):
+    """The count against vst's own prefill on the tiny model: torch's FLOP counter for every matmul
+    (projections and MLP) and vst's attention calls, shape by shape, for the attention term."""
+    import vlc.compressors.vst as vst
+    from vlc.evaluation.bench import build, compose
+    from vlc.run import CONFIG_DIR
+
+    torch.manual_seed(0)
+    model = build(compose(["compressor=vst", "compressor.window=160", "compressor.ratio=16"], CONFIG_DIR)).eval()
+    p = model.pipeline
+    llm, c = p.backbone.llm, p.compressor
+    calls = []
+    original = vst._attend
+
+    def counted(q, k, v, *args):
+        calls.append((q.shape[1], q.shape[2], k.shape[2], q.shape[3]))  # H, Lq, Lk, Dh
+        return original(q, k, v, *args)
+
+    monkeypatch.setattr(vst, "_attend", counted)
+    S, visual = len(p.prompt.prefix_ids()), 400
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ctx = c.prefill(llm, torch.randn(1, S, 128), torch.ones(1, S), [(torch.randn(1, visual, 128), torch.ones(1, visual))])
+    f = gc.vst_prefill_flops(**gc.llm_geometry(llm.config), sink=S, visual=visual, window=c.window, ratio=c.ratio)
+    assert counter.get_total_flops() == f["kv_proj"] + f["q_proj"] + f["o_proj"] + f["mlp"] == 182_747_136
+    assert f["attention"] == sum(4 * H * Dh * (Lq * (Lk - Lq) + Lq * (Lq + 1) // 2) for H, Lq, Lk, Dh in calls)
+    assert f["attention_dense"] == sum(4 * H * Dh * Lq * Lk for H, Lq, Lk, Dh in calls)
+    assert f["memory"] == ctx.attention_mask.shape[1] == S + 10 + 10 + 5
+    assert f["windows"] == len(c.last_windows) == 3
+
+
+def test_encoder_flops_match_the_counter():
+    from vlc.evaluation.bench import build, compose
+    from vlc.run import CONFIG_DIR
+
+    model = build(compose(["compressor=none"], CONFIG_DIR)).eval()
+    back = model.backbone
+    for block in back.encoder.model.blocks:
+        block.attn.fused_attn = False  # the counter sees q·kᵀ and attn·v as matmuls, not a fused kernel
+    pixels = torch.randint(0, 256, (1, 5, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ft, _ = back.encode(pixels, torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, 5))
+        back.project(ft)
+    # patch conv 2·16·192·96, 3 blocks of 17 tokens at width 96 (MLP 384), projector 16 tokens 96→128→128
+    block = 2 * 17 * 96 * 288 + 4 * 17 * 17 * 96 + 2 * 17 * 96 * 96 + 4 * 17 * 96 * 384
+    per_frame = 2 * 16 * 192 * 96 + 3 * block + 16 * 2 * (96 * 128 + 128 * 128)
+    assert gc.encoder_flops_per_frame(back) == per_frame == 13_120_640
+    assert counter.get_total_flops() == 5 * per_frame
+
+
+# ---------------------------------------------------------------------------------------------
+# the search, on fake memory
+
+
+class FakeGPU:
+    """peak(n) = base + per_frame · n MiB; more than limit is out of memory; a probe takes n / rate s."""
+
+    def __init__(self, base, per_frame, limit, rate=1e9):
+        self.base, self.per_frame, self.limit, self.rate, self.now, self.probed = base, per_frame, limit, rate, 0.0, []
+
+    def probe(self, n):
+        from vlc.evaluation.bench import OutOfMemory
+
+        self.probed.append(n)
+        self.now += n / self.rate
+        peak = self.base + self.per_frame * n
+        if peak > self.limit:
+            raise OutOfMemory(f"{n} frames")
+        return peak
+
+    def clock(self):
+        return self.now
+
+
+def test_search_brackets_the_limit_from_the_memory_line():
+    gpu = FakeGPU(1000, 10, 20000)  # fits up to 1900 frames
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
+    # 64 and 256 give the line; 97% of its 1900 → 1792 fits; 1792 + 1792/8 = 2016 does not.
+    assert gpu.probed == [64, 256, 1792, 2016]
+    assert (row["max_frames"], row["first_oom"], row["stopped_by"]) == (1792, 2016, "out of memory")
+    assert row["peak_mib"] == 1000 + 10 * 1792 and row["mib_per_frame"] == 10
+    assert [p["peak_mib"] for p in row["probes"]] == [1640, 3560, 18920, None]
+
+
+def test_search_stops_at_the_cap_and_bisects_a_wrong_line():
+    gpu = FakeGPU(1000, 0.1, 20000)
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
+    assert gpu.probed == [64, 256, 8192] and row["stopped_by"] == "frame cap" and row["first_oom"] is None
+    # memory that doubles from 1000 frames on (so 999 is the most): the line overshoots, the bracket is bisected
+    gpu = FakeGPU(1000, 10, 20000)
+    gpu.probe = (lambda probe: lambda n: probe(n) if n < 1000 else probe(n * 2))(gpu.probe)
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
+    assert gpu.probed[:3] == [64, 256, 1792 * 2]  # 1792 ran as 3584 frames: out of memory
+    assert row["stopped_by"] == "out of memory" and row["max_frames"] < 1000 <= row["first_oom"]
+    assert row["first_oom"] - row["max_frames"] <= max(64, row["max_frames"] // 8)
+
+
+def test_search_fits_its_time_and_reports_nothing_fitting():
+    gpu = FakeGPU(1000, 0.1, 20000, rate=100)  # n / 100 s a probe, 10 s in all
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 10, {}, clock=gpu.clock)
+    # after 64 (0.64 s), 256 would take 10.24 s as the square of the size: shrunk to 192 = 64·√(9.36/0.64)
+    # rounded down to 64 frames; the cap would take 535 s (exponent 1.5 at least): shrunk to 320; then
+    # 368 is all the 4.24 s left allow, less than 320 + 64: stop
+    assert gpu.probed == [64, 192, 320] and (row["max_frames"], row["stopped_by"]) == (320, "time")
+    gpu = FakeGPU(30000, 1, 20000)
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
+    assert gpu.probed == [64] and (row["max_frames"], row["first_oom"], row["stopped_by"]) == (0, 64, "out of memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# the dry run
+
+
+def test_dry_run_every_part(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nkept above\n\n<!-- vlc-bench:gpu-check -->\nold rows\n"
+                    "<!-- /vlc-bench:gpu-check -->\n\nkept below\n")
+    report = gc.main(["--dry-run", "--out", str(tmp_path / "out"), "--update-docs", str(docs),
+                      "--cache", str(tmp_path / "clips")])
+    parts = report["parts"]
+    assert report["exit_status"] == 0
+    assert list(parts) == list(gc.RUN_ORDER)
+    assert {k: p["status"] for k, p in parts.items()} == {k: "ok" for k in gc.RUN_ORDER}
+
+    rows = parts["max_frames"]["rows"]
+    assert [r["compressor"] for r in rows] == ["vst r16 (streaming)", "none", "pool", "moviechat"]
+    for r in rows:  # tiny on CPU, no memory cap: 8 then the 32-frame cap
+        assert [p["frames"] for p in r["probes"]] == [8, 32] and (r["max_frames"], r["stopped_by"]) == (32, "frame cap")
+
+    pre = parts["prefill"]
+    assert (pre["frames"], pre["visual_tokens"]) == (64, 64 * 16)
+    assert pre["kv_tokens"] == pre["flops"]["memory"] == 4 + 64  # prefix + 1024 / 16 beacons
+    assert pre["flops"]["windows"] == 7 and pre["prefill_tflops"] > 0
+
+    step = parts["train_step"]
+    assert step["tiny"] and step["frames"] == 8 and len(step["losses"]) == 2 and step["visual_tokens"] == 128
+
+    att = parts["attention"]
+    assert att["flash_available"] is False and "SDPA only" in att["note"] and att["sdpa_prefill_s"] > 0
+    assert att["attend_shape"] == dict(heads=4, kv_heads=2, q_len=64 + 4, k_len=4 + 60 + 68, head_dim=32)
+
+    dec = parts["decode"]
+    assert [r["workers"] for r in dec["rows"]] == [0, 2] and [r["frames"] for r in dec["rows"]] == [16, 32]
+    assert dec["encoder_frames_per_s"] > 0
+
+    saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert saved["parts"]["prefill"]["flops"] == pre["flops"]
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nkept above\n") and text.rstrip().endswith("kept below")
+    assert "old rows" not in text and text.count("<!-- vlc-bench:gpu-check -->") == 1
+    for title in ("**1. Most frames on one GPU**", "**2. vst r16 prefill of 64 frames**", "**3. One training step",
+                  "**4. flash-attn against SDPA", "**5. Decoding against the encoder**"):
+        assert title in text
+    # re-rendered from the saved report, the block is replaced, not added
+    gc.main(["--from-json", str(tmp_path / "out" / "gpu_check.json"), "--update-docs", str(docs)])
+    assert docs.read_text() == text
+
+
+def test_attention_compares_caches_and_logits_when_flash_is_there(monkeypatch):
+    """The comparison branch, with a stand-in for flash_attn_func (exact bottom-right causal
+    attention in plain PyTorch): the figures flash-attn would get, on the tiny model."""
+    import vlc.compressors.vst as vst
+
+    def reference(q, k, v, dropout_p, softmax_scale, causal):  # (b, L, H, Dh), as flash-attn takes them
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+        Lq, Lk = q.shape[2], k.shape[2]
+        mask = torch.arange(Lk)[None] <= torch.arange(Lq)[:, None] + (Lk - Lq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale).transpose(1, 2)
+
+    monkeypatch.setattr(vst, "flash_attn_func", reference)
+    plan = gc.Plan.make(gc.parse_args(["--dry-run"]))
+    state, out = gc.State(model=gc.build_model(plan, plan.vst)), {}
+    gc.part_attention(plan, state, out)
+    assert out["flash_available"] and "note" not in out
+    assert out["cache_max_abs_diff"] < 1e-5 and out["logits_max_abs_diff"] < 1e-4 < out["logits_max_abs"]
+    assert out["flash_prefill_s"] > 0 and out["attend_speedup"] > 0
+    assert state.model.compressor.attention == "auto"  # restored
+    assert "flash-attn is" in "\n".join(gc._render_attention(out, {}))
+
+
+def test_errors_and_time_outs_are_recorded_and_the_rest_runs(tmp_path, monkeypatch):
+    def broken(plan, state, out):
+        raise RuntimeError("a real error")
+
+    monkeypatch.setitem(gc.PART_FUNCTIONS, "decode", broken)
+    report = gc.main(["--dry-run", "--parts", "attention,5", "--budget", "attention=0.001", "--out", str(tmp_path),
+                      "--no-docs", "--cache", str(tmp_path / "clips")])
+    assert report["parts"]["attention"]["status"] == "timed out"
+    assert report["parts"]["decode"] == dict(report["parts"]["decode"], status="error",
+                                             error="RuntimeError: a real error")
+    assert report["exit_status"] == 1
+    assert "timed out after" in gc.render(report) and "failed: RuntimeError: a real error" in gc.render(report)
+
+
+def test_device_command(capsys):
+    gc.main(["--print-device-command"])
+    text = capsys.readouterr().out
+    for wheel in ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0", "antlr4-python3-runtime==4.9.3"):
+        assert wheel in text
+    run = next(line for line in text.splitlines() if "scripts/gpu_check.py --out $OUT" in line)
+    assert len(run) < 2000 and "--target /tmp/site .whl/*.whl" in run and "PYTHONPATH=/tmp/site:$PWD/src" in run
+    assert 'carry=[".whl"]' in text
