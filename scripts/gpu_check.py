@@ -66,7 +66,11 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 TABLE = "gpu-check"  # docs/benchmarks.md block <!-- vlc-bench:gpu-check --> … <!-- /vlc-bench:gpu-check -->
 PARTS = {1: "max_frames", 2: "prefill", 3: "train_step", 4: "attention", 5: "decode"}
 RUN_ORDER = ("prefill", "attention", "max_frames", "decode", "train_step")
-BUDGETS_S = {"build": 90, "prefill": 35, "attention": 35, "max_frames": 210, "decode": 60, "train_step": 120}
+# Seconds per part; with the imports and the wheels' install the whole run stays under 9 minutes.
+BUDGETS_S = {"build": 60, "prefill": 60, "attention": 30, "max_frames": 180, "decode": 45, "train_step": 110}
+VST = "vst r16 (streaming)"
+# Part 1's compressors and their shares of its time (what one leaves goes to the next).
+MAX_FRAMES_MIX = ((VST, 0.3), ("none", 0.3), ("pool", 0.25), ("moviechat", 0.15))
 TITLES = {
     "max_frames": "Most frames on one GPU",
     "prefill": "vst r{ratio} prefill of {frames} frames",
@@ -110,12 +114,11 @@ class Plan:
     @staticmethod
     def make(args: argparse.Namespace) -> Plan:
         vst = ["compressor=vst", "compressor.ratio=16"]
-        mix = [("vst r16 (streaming)", 0.25), ("none", 0.3), ("pool", 0.25), ("moviechat", 0.2)]
         if args.dry_run:
             vst.append("compressor.window=160")  # 10 frames of 16 tokens, as experiment=vst_ratio16 on model=tiny
             plan = Plan(dry_run=True, device=torch.device("cpu"), precision="32-true", shared=["model=tiny"], vst=vst,
                         compressors=[], memory_gib=None, prefill_frames=64, warmup_frames=8,
-                        search=dict(start=8, cap=args.frames_cap or 32, step=8), attention_frames=32,
+                        search=dict(start=8, cap=args.frames_cap or 128, step=8), attention_frames=32,
                         train_args=["--tiny", "--frames", "8", "--steps", "2"],
                         clip=dict(seconds=2.0, height=144, width=256, frames=8, workers=[0, 2]), encoder_frames=32,
                         cache=args.cache or Path("/tmp/vlc-gpu-check-dry"))
@@ -126,9 +129,8 @@ class Plan:
                         attention_frames=256, train_args=["--frames", "128", "--steps", "3"],
                         clip=dict(seconds=60.0, height=720, width=1280, frames=128, workers=[0, 4, 8]),
                         encoder_frames=256, cache=args.cache or Path("/tmp/vlc-gpu-check"))
-        by_name = {"vst r16 (streaming)": vst, "none": ["compressor=none"], "pool": ["compressor=pool"],
-                   "moviechat": ["compressor=moviechat"]}
-        plan.compressors = [(name, by_name[name], share) for name, share in mix]
+        by_name = {VST: vst, "none": ["compressor=none"], "pool": ["compressor=pool"], "moviechat": ["compressor=moviechat"]}
+        plan.compressors = [(name, by_name[name], share) for name, share in MAX_FRAMES_MIX]
         for item in args.budget:
             part, _, seconds = item.partition("=")
             if part not in plan.budgets or not seconds:
@@ -392,94 +394,99 @@ def set_compressor(model, plan: Plan, overrides: list[str]) -> None:
 
 
 def search_max_frames(probe: Callable[[int], float], start: int, cap: int, step: int, limit_mib: float | None,
-                      seconds: float, row: dict, clock: Callable[[], float] = time.perf_counter,
-                      resolution: int = 8) -> dict:
+                      seconds: float, row: dict, known: dict[int, tuple[float, float]] | None = None,
+                      clock: Callable[[], float] = time.perf_counter, resolution: int = 8) -> dict:
     """The largest frame count ``probe`` fits, to within max(step, 1/resolution of it), in ``seconds``.
 
-    ``probe(n)`` returns the peak MiB of n frames or raises ``OutOfMemory``. The first probes are
-    ``start`` and 4× it; then the two largest that fitted give the memory per frame, and the next
-    probe is 97% of where that line reaches ``limit_mib`` (a multiple of ``step``), or ``cap``. Once
-    the prediction is at hand, the probe just above the largest fit closes the bracket; with a
-    bracket and no usable prediction it is bisected. Before each probe its time is estimated from
-    the fitted ones (a power law with exponent between 1.5 and 2, since prefill attention grows
-    quadratically); a probe that would overrun the time left is shrunk, or the search stops.
+    ``probe(n)`` returns the peak MiB of n frames or raises ``OutOfMemory``; ``known`` holds sizes
+    measured before ({frames: (peak MiB, seconds)}, e.g. part 2's 2048 frames). The first probes are
+    ``start`` and 4× the largest fit; then the two largest fits give the memory per frame, and the
+    next probe is 97% of where that line reaches ``limit_mib`` (rounded down to ``step``), or ``cap``.
+    When the line puts the limit just above the largest fit, the probe one resolution above it closes
+    the bracket; a bracket the line cannot place is bisected. Before each probe its time is estimated
+    from the two largest fits (a power law whose exponent is held between 1.5 and 2: prefill
+    attention grows quadratically); a probe that would overrun the time left is shrunk to what the
+    time allows, or the search stops.
 
     Fills and returns ``row``: ``max_frames`` (largest n that fitted, 0: none), ``first_oom`` (the
     smallest that did not, None: none failed), ``peak_mib`` at max_frames, ``mib_per_frame``
-    (between the two largest fits), ``stopped_by`` ("out of memory": bracketed; "frame cap";
-    "time"), ``probes`` [{frames, peak_mib (None: out of memory), seconds}].
+    (between the two largest fits), ``line_frames`` (where that line reaches ``limit_mib``: an
+    extrapolation), ``stopped_by`` ("out of memory": bracketed; "frame cap"; "time"), ``probes``
+    [{frames, peak_mib (None: out of memory), seconds, known}].
     """
     from vlc.evaluation.bench import OutOfMemory
 
     deadline = clock() + seconds
-    fitted: dict[int, tuple[float, float]] = {}  # frames → (peak MiB, seconds)
-    row.update(max_frames=0, first_oom=None, peak_mib=None, mib_per_frame=None, stopped_by=None, probes=[])
-    lo, hi, n = 0, None, start
+    fitted: dict[int, tuple[float, float]] = dict(known or {})  # frames → (peak MiB, seconds)
+    failed: set[int] = set()
+    row.update(max_frames=max(fitted, default=0), first_oom=None, peak_mib=None, mib_per_frame=None,
+               line_frames=None, stopped_by=None,
+               probes=[dict(frames=k, peak_mib=p, seconds=t, known=True) for k, (p, t) in sorted(fitted.items())])
 
     def floor(x: float) -> int:
         return max(step, int(x) // step * step)
 
-    def estimate(k: int) -> float:
+    def largest_two() -> tuple[int, int]:
         sizes = sorted(fitted)
-        if not sizes:
-            return 0.0
-        n1, n2 = (sizes[-2], sizes[-1]) if len(sizes) > 1 else (sizes[-1], sizes[-1])
-        t1, t2 = fitted[n1][1], fitted[n2][1]
+        return (sizes[-2], sizes[-1]) if len(sizes) > 1 else (sizes[-1], sizes[-1])
+
+    def exponent() -> float:
+        (n1, n2), (t1, t2) = largest_two(), (fitted[k][1] for k in largest_two())
         e = math.log(t2 / t1) / math.log(n2 / n1) if n2 > n1 and t1 > 0 and t2 > 0 else 2.0
-        return t2 * (k / n2) ** min(2.0, max(1.5, e))
+        return min(2.0, max(1.5, e))
+
+    def slope() -> float | None:
+        n1, n2 = largest_two()
+        return (fitted[n2][0] - fitted[n1][0]) / (n2 - n1) if n2 > n1 else None
+
+    def next_size() -> tuple[int | None, str | None]:
+        lo, hi = max(fitted, default=0), min(failed, default=None)
+        gap = max(step, lo // resolution)
+        if hi is not None and hi - lo <= gap:
+            return None, "out of memory"
+        if lo >= cap:
+            return None, "frame cap"
+        if start not in fitted and start not in failed and (hi is None or start < hi):
+            return start, None
+        if not lo:  # even the first size failed: halve it
+            n = floor(hi / 2)
+            return (n, None) if hi > step and n < hi else (None, "out of memory")
+        if len(fitted) < 2 and hi is None:
+            return min(cap, 4 * lo), None
+        guess, s = math.inf, slope()
+        if s and s > 0 and limit_mib:
+            guess = 0.97 * (lo + (limit_mib - fitted[lo][0]) / s)
+        high = cap if hi is None else hi - gap  # the largest probe that can still tell something
+        if guess > high:  # no limit in sight below the cap; or past an out-of-memory size: bisect
+            return (cap if hi is None else max(lo + step, floor((lo + hi) / 2))), None
+        if guess > lo + gap:
+            return floor(guess), None
+        return min(cap, lo + gap), None  # the line puts the limit just above lo: close the bracket
 
     while True:
-        est = estimate(n)
+        n, row["stopped_by"] = next_size()
+        if n is None:
+            break
         left = deadline - clock()
-        if fitted and est > left:  # shrink to what the time left allows, if that still gains something
-            n2 = max(fitted)
-            affordable = floor(n2 * (left / max(fitted[n2][1], 1e-9)) ** 0.5) if left > 0 else 0
-            if affordable <= lo + max(step, lo // resolution):
-                row["stopped_by"] = "time"
-                break
-            n = min(n, affordable)
+        if fitted:
+            n2, e = max(fitted), exponent()
+            if fitted[n2][1] * (n / n2) ** e > left:  # shrink to what the time left allows, if that still tells something
+                affordable = floor(n2 * (left / max(fitted[n2][1], 1e-9)) ** (1 / e)) if left > 0 else 0
+                if affordable <= n2 + max(step, n2 // resolution):
+                    row["stopped_by"] = "time"
+                    break
+                n = min(n, affordable)
         t0 = clock()
         try:
-            peak = probe(n)
-            fitted[n] = (peak, clock() - t0)
-            lo = max(lo, n)
-            row["probes"].append(dict(frames=n, peak_mib=peak, seconds=fitted[n][1]))
+            fitted[n] = (probe(n), clock() - t0)
+            row["probes"].append(dict(frames=n, peak_mib=fitted[n][0], seconds=fitted[n][1], known=False))
         except OutOfMemory:
-            hi = n if hi is None else min(hi, n)
-            row["probes"].append(dict(frames=n, peak_mib=None, seconds=clock() - t0))
-        gap = max(step, lo // resolution)
-        row.update(max_frames=lo, first_oom=hi, peak_mib=fitted[lo][0] if lo else None)
-        sizes = sorted(fitted)
-        slope = None
-        if len(sizes) > 1:
-            (a, _), (b, _) = fitted[sizes[-2]], fitted[sizes[-1]]
-            slope = (b - a) / (sizes[-1] - sizes[-2])
-            row["mib_per_frame"] = slope
-        if hi is not None and hi - lo <= gap:
-            row["stopped_by"] = "out of memory"
-            break
-        if lo >= cap:
-            row["stopped_by"] = "frame cap"
-            break
-        if not lo:  # even the first size failed: halve it
-            n = floor(hi / 2) if hi > step else None
-            if n is None or n >= hi:
-                row["stopped_by"] = "out of memory"
-                break
-            continue
-        if len(sizes) < 2 and hi is None:
-            n = min(cap, 4 * lo)
-            continue
-        guess = math.inf  # 97% of where the memory line meets the limit
-        if slope and slope > 0 and limit_mib:
-            guess = 0.97 * (lo + (limit_mib - fitted[lo][0]) / slope)
-        high = cap if hi is None else hi - gap  # the largest probe that can still tell something
-        if guess > high:
-            n = cap if hi is None else max(lo + step, floor((lo + hi) / 2))  # past hi: the line is off, bisect
-        elif guess > lo + gap:
-            n = floor(guess)
-        else:
-            n = min(cap, lo + gap)  # the line puts the limit just above lo: close the bracket
+            failed.add(n)
+            row["probes"].append(dict(frames=n, peak_mib=None, seconds=clock() - t0, known=False))
+        lo, s = max(fitted, default=0), slope() if fitted else None
+        row.update(max_frames=lo, first_oom=min(failed, default=None), peak_mib=fitted[lo][0] if lo else None,
+                   mib_per_frame=s,
+                   line_frames=int(lo + (limit_mib - fitted[lo][0]) / s) if lo and s and s > 0 and limit_mib else None)
     return row
 
 
@@ -492,6 +499,7 @@ class State:
     model: Any = None
     clip_job: subprocess.Popen | None = None
     clip_path: Path | None = None
+    known: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)  # part 1's sizes measured before
 
 
 def part_prefill(plan: Plan, state: State, out: dict) -> None:
@@ -500,6 +508,7 @@ def part_prefill(plan: Plan, state: State, out: dict) -> None:
     measure_sample(model, plan.warmup_frames, plan)
     say(f"prefill: vst r16, {frames} frames")
     row = measure_sample(model, frames, plan)
+    state.known[VST] = {frames: (row["peak_mib"], row["context_s"])}  # part 1 starts from it
     c = model.compressor
     flops = vst_prefill_flops(**llm_geometry(model.backbone.llm.config), sink=len(model.pipeline.prompt.prefix_ids()),
                               visual=row["visual_tokens"], window=c.window, ratio=c.ratio)
@@ -633,7 +642,7 @@ def part_max_frames(plan: Plan, state: State, out: dict) -> None:
             return r["peak_mib"]
 
         search_max_frames(probe, plan.search["start"], plan.search["cap"], plan.search["step"], limit_mib,
-                          max(seconds, 0.0), row)
+                          max(seconds, 0.0), row, known=state.known.get(label))
         say(f"max frames: {label}: {row['max_frames']} fit ({row['stopped_by']})")
 
 
@@ -781,8 +790,9 @@ def _render_max_frames(part: dict, report: dict) -> list[str]:
              f"to within max({part.get('step')} frames, 1/8), up to {_n(part.get('cap'))} frames. "
              f"Video-XL: {VIDEO_XL_FRAMES} frames on one 80 GB GPU.", "",
              f"| compressor | most frames that fit | first that did not | peak GiB at the most | MiB per added frame "
-             f"| {VIDEO_XL_FRAMES} frames | stopped by | probes (frames: peak GiB or OOM, s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| the line reaches the cap at | {VIDEO_XL_FRAMES} frames | stopped by "
+             f"| probes (frames: peak GiB or OOM, s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in part.get("rows", []):
         probes = r.get("probes", [])
         at = next((p for p in probes if p["frames"] == VIDEO_XL_FRAMES), None)
@@ -798,10 +808,12 @@ def _render_max_frames(part: dict, report: dict) -> list[str]:
         if r.get("stopped_by") in ("time", "frame cap", None):
             most = "≥ " + most
         shown = ", ".join(f"{p['frames']}: " + (f"{p['peak_mib'] / 1024:.1f}" if p["peak_mib"] is not None else "OOM")
-                          + f" ({p['seconds']:.1f})" for p in probes)
+                          + f" ({p['seconds']:.1f}{', part 2' if p.get('known') else ''})" for p in probes)
         peak = r["peak_mib"] / 1024 if r.get("peak_mib") is not None else None
+        line = f"≈ {r['line_frames']:,} frames" if r.get("line_frames") else "–"
         lines.append(f"| {r['compressor']} | {most} | {_n(r.get('first_oom'))} | {_n(peak, 1)} "
-                     f"| {_n(r.get('mib_per_frame'), 2)} | {fits} | {r.get('stopped_by') or 'timed out'} | {shown} |")
+                     f"| {_n(r.get('mib_per_frame'), 2)} | {line} | {fits} | {r.get('stopped_by') or 'timed out'} "
+                     f"| {shown} |")
     return lines
 
 
@@ -936,7 +948,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-gib", type=float, default=79.0,
                    help="cap the CUDA caching allocator here when the card has more (default 79: what an 80 GB "
                         "H100 leaves for tensors, its 79.6 GiB less the CUDA context); 0: no cap")
-    p.add_argument("--frames-cap", type=int, default=None, help="part 1 stops growing here (default 8192; dry run 32)")
+    p.add_argument("--frames-cap", type=int, default=None, help="part 1 stops growing here (default 8192; dry run 128)")
     p.add_argument("--cache", type=Path, default=None, help="where part 5's clip is kept")
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and gpu_check.md "
                                                           "(default logs/gpu_check/<time>)")

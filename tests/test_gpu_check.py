@@ -139,6 +139,14 @@ def test_search_brackets_the_limit_from_the_memory_line():
     assert [p["peak_mib"] for p in row["probes"]] == [1640, 3560, 18920, None]
 
 
+def test_search_starts_from_a_known_size():
+    gpu = FakeGPU(1000, 10, 20000)
+    row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, known={1024: (11240.0, 1.0)}, clock=gpu.clock)
+    assert gpu.probed == [64, 1792, 2016]  # 64 and the known 1024 give the line at once
+    assert row["probes"][0] == dict(frames=1024, peak_mib=11240.0, seconds=1.0, known=True)
+    assert (row["max_frames"], row["first_oom"], row["line_frames"]) == (1792, 2016, 1900)
+
+
 def test_search_stops_at_the_cap_and_bisects_a_wrong_line():
     gpu = FakeGPU(1000, 0.1, 20000)
     row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
@@ -156,9 +164,9 @@ def test_search_fits_its_time_and_reports_nothing_fitting():
     gpu = FakeGPU(1000, 0.1, 20000, rate=100)  # n / 100 s a probe, 10 s in all
     row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 10, {}, clock=gpu.clock)
     # after 64 (0.64 s), 256 would take 10.24 s as the square of the size: shrunk to 192 = 64·√(9.36/0.64)
-    # rounded down to 64 frames; the cap would take 535 s (exponent 1.5 at least): shrunk to 320; then
-    # 368 is all the 4.24 s left allow, less than 320 + 64: stop
-    assert gpu.probed == [64, 192, 320] and (row["max_frames"], row["stopped_by"]) == (320, "time")
+    # rounded down to 64 frames; the cap would take 535 s (exponent 1.5 at least): shrunk to
+    # 448 = 192·(7.44/1.92)^(1/1.5); then 339 is all the 2.96 s left allow, not above 448 + 64: stop
+    assert gpu.probed == [64, 192, 448] and (row["max_frames"], row["stopped_by"]) == (448, "time")
     gpu = FakeGPU(30000, 1, 20000)
     row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
     assert gpu.probed == [64] and (row["max_frames"], row["first_oom"], row["stopped_by"]) == (0, 64, "out of memory")
@@ -181,8 +189,10 @@ def test_dry_run_every_part(tmp_path):
 
     rows = parts["max_frames"]["rows"]
     assert [r["compressor"] for r in rows] == ["vst r16 (streaming)", "none", "pool", "moviechat"]
-    for r in rows:  # tiny on CPU, no memory cap: 8 then the 32-frame cap
-        assert [p["frames"] for p in r["probes"]] == [8, 32] and (r["max_frames"], r["stopped_by"]) == (32, "frame cap")
+    for r in rows:  # tiny on CPU, no memory cap: 8, 4 × 8, then the 128-frame cap; vst starts from part 2's 64
+        expected = [64, 8, 128] if r["compressor"] == gc.VST else [8, 32, 128]
+        assert [p["frames"] for p in r["probes"]] == expected and (r["max_frames"], r["stopped_by"]) == (128, "frame cap")
+    assert rows[0]["probes"][0]["known"] and not rows[0]["probes"][1]["known"]
 
     pre = parts["prefill"]
     assert (pre["frames"], pre["visual_tokens"]) == (64, 64 * 16)
