@@ -116,20 +116,23 @@ class Plan:
         vst = ["compressor=vst", "compressor.ratio=16"]
         if args.dry_run:
             vst.append("compressor.window=160")  # 10 frames of 16 tokens, as experiment=vst_ratio16 on model=tiny
-            plan = Plan(dry_run=True, device=torch.device("cpu"), precision="32-true", shared=["model=tiny"], vst=vst,
-                        compressors=[], memory_gib=None, prefill_frames=64, warmup_frames=8,
-                        search=dict(start=8, cap=args.frames_cap or 128, step=8), attention_frames=32,
-                        train_args=["--tiny", "--frames", "8", "--steps", "2"],
-                        clip=dict(seconds=2.0, height=144, width=256, frames=8, workers=[0, 2]), encoder_frames=32,
-                        cache=args.cache or Path("/tmp/vlc-gpu-check-dry"))
+            plan = Plan(
+                dry_run=True, device=torch.device("cpu"), precision="32-true", shared=["model=tiny"], vst=vst,
+                compressors=[], memory_gib=None, prefill_frames=64, warmup_frames=8,
+                search=dict(start=8, cap=args.frames_cap or 128, step=8), attention_frames=32,
+                train_args=["--tiny", "--frames", "8", "--steps", "2"],
+                clip=dict(seconds=2.0, height=144, width=256, frames=8, workers=[0, 2]), encoder_frames=32,
+                cache=args.cache or Path("/tmp/vlc-gpu-check-dry"))
         else:
-            plan = Plan(dry_run=False, device=torch.device("cuda"), precision="bf16-mixed",
-                        shared=["model=videoxl_7b_random"], vst=vst, compressors=[], memory_gib=args.memory_gib or None,
-                        prefill_frames=2048, warmup_frames=64, search=dict(start=128, cap=args.frames_cap or 8192, step=64),
-                        attention_frames=256, train_args=["--frames", "128", "--steps", "3"],
-                        clip=dict(seconds=60.0, height=720, width=1280, frames=128, workers=[0, 4, 8]),
-                        encoder_frames=256, cache=args.cache or Path("/tmp/vlc-gpu-check"))
-        by_name = {VST: vst, "none": ["compressor=none"], "pool": ["compressor=pool"], "moviechat": ["compressor=moviechat"]}
+            plan = Plan(
+                dry_run=False, device=torch.device("cuda"), precision="bf16-mixed",
+                shared=["model=videoxl_7b_random"], vst=vst, compressors=[], memory_gib=args.memory_gib or None,
+                prefill_frames=2048, warmup_frames=64, search=dict(start=128, cap=args.frames_cap or 8192, step=64),
+                attention_frames=256, train_args=["--frames", "128", "--steps", "3"],
+                clip=dict(seconds=60.0, height=720, width=1280, frames=128, workers=[0, 4, 8]), encoder_frames=256,
+                cache=args.cache or Path("/tmp/vlc-gpu-check"))
+        by_name = {VST: vst, "none": ["compressor=none"], "pool": ["compressor=pool"],
+                   "moviechat": ["compressor=moviechat"]}
         plan.compressors = [(name, by_name[name], share) for name, share in MAX_FRAMES_MIX]
         for item in args.budget:
             part, _, seconds = item.partition("=")
@@ -164,15 +167,18 @@ def time_box(seconds: float | None, what: str):
         return
 
     def expired(signum, frame):
-        raise PartTimeout(f"{what}: over its {seconds:.0f} s budget")
+        raise PartTimeout(f"{what}: over its {seconds:g} s budget")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # a timer set before (a test runner's time-out) keeps what was left of it
+            signal.setitimer(signal.ITIMER_REAL, max(1e-3, outer - (time.monotonic() - start)), interval)
 
 
 def synchronize(device: torch.device) -> None:
@@ -470,7 +476,7 @@ def search_max_frames(probe: Callable[[int], float], start: int, cap: int, step:
         left = deadline - clock()
         if fitted:
             n2, e = max(fitted), exponent()
-            if fitted[n2][1] * (n / n2) ** e > left:  # shrink to what the time left allows, if that still tells something
+            if fitted[n2][1] * (n / n2) ** e > left:  # shrink to what the time left allows, if that still tells us
                 affordable = floor(n2 * (left / max(fitted[n2][1], 1e-9)) ** (1 / e)) if left > 0 else 0
                 if affordable <= n2 + max(step, n2 // resolution):
                     row["stopped_by"] = "time"
@@ -597,7 +603,8 @@ def part_attention(plan: Plan, state: State, out: dict) -> None:
         if flash:
             _, cache_s, logits_s = runs["sdpa"][0]
             _, cache_f, logits_f = runs["flash"][0]
-            out.update(cache_max_abs_diff=max(float((a.float() - b.float()).abs().max()) for a, b in zip(cache_s, cache_f)),
+            diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip(cache_s, cache_f)]
+            out.update(cache_max_abs_diff=max(diffs),
                        logits_max_abs_diff=float((logits_s - logits_f).abs().max()),
                        logits_max_abs=float(logits_s.abs().max()),
                        prefill_speedup=out["sdpa_prefill_s"] / out["flash_prefill_s"],
@@ -822,18 +829,20 @@ def _render_prefill(part: dict, report: dict) -> list[str]:
         return []
     f = part["flops"]
     spec = part.get("spec_tflops")
-    size = part.get("matmul_size", 8192)
+    size, matmul = part.get("matmul_size", 8192), part["matmul_tflops"]
     of = (f"{100 * part['prefill_tflops'] / spec:.0f}% of {spec:g} (datasheet), " if spec else "") + \
-         f"{100 * part['prefill_tflops'] / part['matmul_tflops']:.0f}% of {_rate(part['matmul_tflops'])} ({size}³ matmul here)"
+        f"{100 * part['prefill_tflops'] / matmul:.0f}% of {_rate(matmul)} ({size}³ matmul here)"
     return [
         f"Video-XL-2: about {VIDEO_XL2_PREFILL_S:g} s for {VIDEO_XL_FRAMES} frames (its own model and prefill).", "",
         "| frames | visual tokens | KV tokens after (formula) | encoder + projector s | windowed prefill s | context s "
         "| peak GiB | prefill FLOPs | prefill TFLOP/s | of the peak | encoder + projector TFLOP/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {_n(part['frames'])} | {_n(part['visual_tokens'])} | {_n(part['kv_tokens'])} ({_n(f['memory'])}) "
-        f"| {part['encoder_s']:.2f} | {part['prefill_s']:.2f} | {part['context_s']:.2f} | {part['peak_mib'] / 1024:.1f} "
+        f"| {part['encoder_s']:.2f} | {part['prefill_s']:.2f} | {part['context_s']:.2f} "
+        f"| {part['peak_mib'] / 1024:.1f} "
         f"| {_flop(f['total'])} | {_rate(part['prefill_tflops'])} | {of} | {_rate(part['encoder_tflops'])} |", "",
-        f"FLOPs of the windowed pass ({f['windows']} visual windows of {part['window']} raw tokens at r = {part['ratio']}, "
+        f"FLOPs of the windowed pass ({f['windows']} visual windows of {part['window']} raw tokens at "
+        f"r = {part['ratio']}, "
         f"`vst_prefill_flops`): k/v projections {_flop(f['kv_proj'])}, q {_flop(f['q_proj'])}, o {_flop(f['o_proj'])}, "
         f"MLP {_flop(f['mlp'])}, attention {_flop(f['attention'])} causal ({_flop(f['attention_dense'])} as SDPA "
         f"computes it with vst's explicit mask); total {_flop(f['total'])}. Encoder + projector: "
@@ -917,6 +926,12 @@ def write_docs(report: dict, path: Path) -> None:
 
 
 WHEELS = ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0")
+DEVICE_RUN = "; ".join((
+    "set -o pipefail",
+    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl"
+    " && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 || exit 1",
+    "python3 scripts/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log",
+))
 DEVICE_COMMAND = """\
 # 1. Here, once, in the repository root: the packages the device image lacks, as wheels (about 54 MB).
 echo /.whl/ >> .git/info/exclude
@@ -925,8 +940,8 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
   --platform manylinux2010_x86_64 -d .whl {wheels}
 python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # pure Python; omegaconf needs 4.9.*
 
-# 2. The device call: run(command=<the line below>, carry=[".whl"], timeout_s=600).
-set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 || exit 1; python3 scripts/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log
+# 2. The device call, from a checkout holding this script: run(command=<the line below>, carry=[".whl"], timeout_s=600).
+{run}
 
 # 3. Here: the rows that came back into docs/benchmarks.md.
 python scripts/gpu_check.py --from-json <files_at>/gpu_check.json
@@ -999,7 +1014,7 @@ def main(argv: list[str] | None = None) -> dict:
     _START = time.perf_counter()
     args = parse_args(argv)
     if args.print_device_command:
-        print(DEVICE_COMMAND.format(wheels=" ".join(WHEELS)))
+        print(DEVICE_COMMAND.format(wheels=" ".join(WHEELS), run=DEVICE_RUN))
         return {}
     if args.from_json:
         report: dict = {"parts": {}}

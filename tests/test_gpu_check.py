@@ -77,7 +77,8 @@ def test_vst_prefill_flops_match_the_code(monkeypatch):
     monkeypatch.setattr(vst, "_attend", counted)
     S, visual = len(p.prompt.prefix_ids()), 400
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ctx = c.prefill(llm, torch.randn(1, S, 128), torch.ones(1, S), [(torch.randn(1, visual, 128), torch.ones(1, visual))])
+        chunks = [(torch.randn(1, visual, 128), torch.ones(1, visual))]
+        ctx = c.prefill(llm, torch.randn(1, S, 128), torch.ones(1, S), chunks)
     f = gc.vst_prefill_flops(**gc.llm_geometry(llm.config), sink=S, visual=visual, window=c.window, ratio=c.ratio)
     assert counter.get_total_flops() == f["kv_proj"] + f["q_proj"] + f["o_proj"] + f["mlp"] == 182_747_136
     assert f["attention"] == sum(4 * H * Dh * (Lq * (Lk - Lq) + Lq * (Lq + 1) // 2) for H, Lq, Lk, Dh in calls)
@@ -153,7 +154,8 @@ def test_search_stops_at_the_cap_and_bisects_a_wrong_line():
     assert gpu.probed == [64, 256, 8192] and row["stopped_by"] == "frame cap" and row["first_oom"] is None
     # memory that doubles from 1000 frames on (so 999 is the most): the line overshoots, the bracket is bisected
     gpu = FakeGPU(1000, 10, 20000)
-    gpu.probe = (lambda probe: lambda n: probe(n) if n < 1000 else probe(n * 2))(gpu.probe)
+    linear = gpu.probe
+    gpu.probe = lambda n: linear(n) if n < 1000 else linear(n * 2)
     row = gc.search_max_frames(gpu.probe, 64, 8192, 64, 20000, 600, {}, clock=gpu.clock)
     assert gpu.probed[:3] == [64, 256, 1792 * 2]  # 1792 ran as 3584 frames: out of memory
     assert row["stopped_by"] == "out of memory" and row["max_frames"] < 1000 <= row["first_oom"]
@@ -191,7 +193,8 @@ def test_dry_run_every_part(tmp_path):
     assert [r["compressor"] for r in rows] == ["vst r16 (streaming)", "none", "pool", "moviechat"]
     for r in rows:  # tiny on CPU, no memory cap: 8, 4 × 8, then the 128-frame cap; vst starts from part 2's 64
         expected = [64, 8, 128] if r["compressor"] == gc.VST else [8, 32, 128]
-        assert [p["frames"] for p in r["probes"]] == expected and (r["max_frames"], r["stopped_by"]) == (128, "frame cap")
+        assert [p["frames"] for p in r["probes"]] == expected
+        assert (r["max_frames"], r["stopped_by"]) == (128, "frame cap")
     assert rows[0]["probes"][0]["known"] and not rows[0]["probes"][1]["known"]
 
     pre = parts["prefill"]
@@ -263,8 +266,28 @@ def test_errors_and_time_outs_are_recorded_and_the_rest_runs(tmp_path, monkeypat
 def test_device_command(capsys):
     gc.main(["--print-device-command"])
     text = capsys.readouterr().out
-    for wheel in ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0", "antlr4-python3-runtime==4.9.3"):
+    for wheel in ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0",
+                  "antlr4-python3-runtime==4.9.3"):
         assert wheel in text
     run = next(line for line in text.splitlines() if "scripts/gpu_check.py --out $OUT" in line)
     assert len(run) < 2000 and "--target /tmp/site .whl/*.whl" in run and "PYTHONPATH=/tmp/site:$PWD/src" in run
     assert 'carry=[".whl"]' in text
+    assert gc.DEVICE_RUN in (ROOT / "docs" / "benchmarks.md").read_text()  # the page gives the same command
+
+
+def test_time_box_keeps_an_outer_timer():
+    import signal
+    import time
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with pytest.raises(gc.PartTimeout, match="part x: over its 0.01 s budget"):
+            with gc.time_box(0.01, "part x"):
+                time.sleep(1)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 28 < left <= 30 and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
