@@ -5,9 +5,10 @@
     python scripts/gpu_check.py --parts 2,4 --out DIR    # some parts; DIR/gpu_check.json and DIR/gpu_check.md
     python scripts/gpu_check.py --from-json A.json [B.json]   # render saved parts into docs/benchmarks.md
     python scripts/gpu_check.py --print-device-command   # the wheels to carry and the device call
+    scripts/gpu_check --out DIR                          # the same, after installing wheels carried in .whl/
 
-The parts (numbered as the issue numbers them; they run in the order 2, 4, 1, 5, 3 so one 7B model
-built with vst r16 serves the first four):
+The parts (numbered as docs/benchmarks.md numbers them; they run in the order 2, 4, 1, 5, 3 so one
+7B model built with vst r16 serves the first four):
 
 1. ``max_frames``: the most frames one GPU holds with the 7B geometry (``model=videoxl_7b_random``,
    random bf16 weights) for none, pool, vst r16 (streaming) and moviechat, with the peak memory and
@@ -74,7 +75,7 @@ MAX_FRAMES_MIX = ((VST, 0.3), ("none", 0.3), ("pool", 0.25), ("moviechat", 0.15)
 TITLES = {
     "max_frames": "Most frames on one GPU",
     "prefill": "vst r{ratio} prefill of {frames} frames",
-    "train_step": "One training step, vst, {frames} frames, gradient checkpointing",
+    "train_step": "One bf16 training step, vst, {frames} frames, gradient checkpointing",
     "attention": "flash-attn against SDPA for vst's windowed attention",
     "decode": "Decoding against the encoder",
 }
@@ -510,6 +511,7 @@ class State:
 
 def part_prefill(plan: Plan, state: State, out: dict) -> None:
     model, frames = state.model, plan.prefill_frames
+    out.update(frames=frames, ratio=model.compressor.ratio)
     say(f"prefill: warm-up ({plan.warmup_frames} frames)")
     measure_sample(model, plan.warmup_frames, plan)
     say(f"prefill: vst r16, {frames} frames")
@@ -719,6 +721,7 @@ def part_train_step(plan: Plan, state: State, out: dict) -> None:
     spec = importlib.util.spec_from_file_location("train_step_7b", ROOT / "scripts" / "train_step_7b.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    out["frames"] = int(plan.train_args[plan.train_args.index("--frames") + 1])
     say(f"train step: scripts/train_step_7b.py {' '.join(plan.train_args)}")
     result = module.main(list(plan.train_args))
     out.update(result, command="python scripts/train_step_7b.py " + " ".join(plan.train_args))
@@ -926,12 +929,8 @@ def write_docs(report: dict, path: Path) -> None:
 
 
 WHEELS = ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0")
-DEVICE_RUN = "; ".join((
-    "set -o pipefail",
-    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl"
-    " && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 || exit 1",
-    "python3 scripts/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log",
-))
+# scripts/gpu_check installs the carried wheels into /tmp/site, then runs this script
+DEVICE_RUN = "set -o pipefail; bash scripts/gpu_check --out $OUT 2>&1 | tee $OUT/gpu_check.log"
 DEVICE_COMMAND = """\
 # 1. Here, once, in the repository root: the packages the device image lacks, as wheels (about 54 MB).
 echo /.whl/ >> .git/info/exclude

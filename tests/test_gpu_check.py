@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -218,7 +220,7 @@ def test_dry_run_every_part(tmp_path):
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nkept above\n") and text.rstrip().endswith("kept below")
     assert "old rows" not in text and text.count("<!-- vlc-bench:gpu-check -->") == 1
-    for title in ("**1. Most frames on one GPU**", "**2. vst r16 prefill of 64 frames**", "**3. One training step",
+    for title in ("**1. Most frames on one GPU**", "**2. vst r16 prefill of 64 frames**", "**3. One bf16 training step",
                   "**4. flash-attn against SDPA", "**5. Decoding against the encoder**"):
         assert title in text
     # re-rendered from the saved report, the block is replaced, not added
@@ -269,10 +271,14 @@ def test_device_command(capsys):
     for wheel in ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0",
                   "antlr4-python3-runtime==4.9.3"):
         assert wheel in text
-    run = next(line for line in text.splitlines() if "scripts/gpu_check.py --out $OUT" in line)
-    assert len(run) < 2000 and "--target /tmp/site .whl/*.whl" in run and "PYTHONPATH=/tmp/site:$PWD/src" in run
-    assert 'carry=[".whl"]' in text
+    run = next(line for line in text.splitlines() if "scripts/gpu_check --out $OUT" in line)
+    assert run == gc.DEVICE_RUN and len(run) < 2000 and 'carry=[".whl"]' in text
     assert gc.DEVICE_RUN in (ROOT / "docs" / "benchmarks.md").read_text()  # the page gives the same command
+    # the wrapper the device runs: the carried wheels into /tmp/site, then this script
+    wrapper = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check"), "--print-device-command"],
+                             env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, check=True)
+    assert wrapper.stdout == text
+    assert "--target /tmp/site .whl/*.whl" in (ROOT / "scripts" / "gpu_check").read_text()
 
 
 def test_time_box_keeps_an_outer_timer():
@@ -291,3 +297,57 @@ def test_time_box_keeps_an_outer_timer():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_render_a_gpu_report():
+    """What the GPU run writes, from a report shaped as it returns one (figures made up)."""
+    flops = gc.vst_prefill_flops(layers=28, hidden=3584, heads=28, kv_heads=4, head_dim=128, intermediate=18944,
+                                 sink=4, visual=2048 * 144, window=1440, ratio=16)
+    assert (flops["windows"], flops["memory"]) == (205, 4 + 204 * 90 + 72)
+    report = {
+        "command": "python scripts/gpu_check.py --out /x", "date": "2026-12-02", "seconds": 400.0,
+        "environment": {"model": "videoxl_7b_random (random bf16 weights)", "precision": "bf16-mixed",
+                        "device": "NVIDIA H200", "card_gib": 139.8, "torch": "2.11.0", "transformers": "5.17.0",
+                        "memory_cap": "allocator capped at 79 GiB: set_per_process_memory_fraction(0.5651)"},
+        "parts": {
+            "max_frames": {"status": "ok", "seconds": 175.0, "limit_gib": 79.0, "card_gib": 139.8, "start": 128,
+                           "cap": 8192, "step": 64, "rows": [
+                               {"compressor": gc.VST, "max_frames": 3904, "first_oom": None, "peak_mib": 30000.0,
+                                "mib_per_frame": 0.9, "line_frames": 60000, "stopped_by": "time", "probes": [
+                                    {"frames": 2048, "peak_mib": 28000.0, "seconds": 20.0, "known": True},
+                                    {"frames": 128, "peak_mib": 26000.0, "seconds": 1.0, "known": False},
+                                    {"frames": 3904, "peak_mib": 30000.0, "seconds": 38.0, "known": False}]},
+                               {"compressor": "none", "max_frames": 1792, "first_oom": 2016, "peak_mib": 78000.0,
+                                "mib_per_frame": 33.0, "line_frames": 1850, "stopped_by": "out of memory", "probes": [
+                                    {"frames": 128, "peak_mib": 20000.0, "seconds": 1.0, "known": False},
+                                    {"frames": 2016, "peak_mib": None, "seconds": 30.0, "known": False}]}]},
+            "prefill": {"status": "ok", "seconds": 25.0, "frames": 2048, "visual_tokens": 294912, "kv_tokens": 18436,
+                        "encoder_s": 4.0, "prefill_s": 15.0, "context_s": 19.0, "peak_mib": 28000.0, "flops": flops,
+                        "encoder_flops": 7.5e14, "spec_tflops": 989.4, "matmul_tflops": 780.0, "matmul_size": 8192,
+                        "prefill_tflops": flops["total"] / 15.0 / 1e12, "encoder_tflops": 187.5, "window": 1440,
+                        "ratio": 16},
+            "train_step": {"status": "out of memory", "seconds": 50.0, "frames": 128,
+                           "error": "OutOfMemoryError: CUDA out of memory"},
+            "attention": {"status": "ok", "seconds": 12.0, "flash_available": True, "frames": 256,
+                          "attend_for_frames": 2048, "dtype": "bfloat16",
+                          "attend_shape": {"heads": 28, "kv_heads": 4, "q_len": 1224, "k_len": 19656, "head_dim": 128},
+                          "sdpa_prefill_s": 2.0, "flash_prefill_s": 1.6, "sdpa_attend_ms": 3.0, "flash_attend_ms": 1.0,
+                          "sdpa_attend_tflops": 100.0, "flash_attend_tflops": 300.0, "cache_max_abs_diff": 0.0156,
+                          "logits_max_abs_diff": 0.03, "logits_max_abs": 12.0, "prefill_speedup": 1.25,
+                          "attend_speedup": 3.0},
+            "decode": {"status": "ok", "seconds": 30.0, "clip": "60 s 720p", "frames": 128, "size": 336,
+                       "backend": "decord", "precision": "bf16-mixed", "device": "cuda", "encoder_frames_per_s": 900.0,
+                       "rows": [{"workers": 0, "samples": 2, "frames": 256, "seconds": 6.0, "frames_per_s": 42.7},
+                                {"workers": 8, "samples": 16, "frames": 2048, "seconds": 8.0, "frames_per_s": 256.0}]},
+        },
+    }
+    text = gc.render(report)
+    assert "NVIDIA H200 (139.8 GiB; allocator capped at 79 GiB" in text
+    assert "| vst r16 (streaming) | ≥ 3,904 | – | 29.3 | 0.90 | ≈ 60,000 frames | fit, 27.3 GiB | time |" in text
+    assert "2048: 27.3 (20.0, part 2)" in text
+    assert "| none | 1,792 | 2,016 | 76.2 | 33.00 | ≈ 1,850 frames | out of memory | out of memory |" in text
+    assert "**2. vst r16 prefill of 2,048 frames**" in text and "% of 989.4 (datasheet)" in text
+    assert "**3. One bf16 training step, vst, 128 frames, gradient checkpointing** (50 s)\n\n" \
+           "*out of memory: OutOfMemoryError: CUDA out of memory*" in text
+    assert "flash-attn is 1.25× SDPA's speed on the prefill and 3.00× on the attention call" in text
+    assert "| decoding | 8 | 16 | 256 | 0.284 |" in text and "decoding is the slower of the two" in text
