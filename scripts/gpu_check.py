@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --dry-run                # the same code path on CPU: model=tiny, small frame counts
     python scripts/gpu_check.py --parts 2,4 --out DIR    # some parts; DIR/gpu_check.json and DIR/gpu_check.md
     python scripts/gpu_check.py --from-json A.json [B.json]   # render saved parts into docs/benchmarks.md
-    python scripts/gpu_check.py --print-device-command   # the wheels to carry and the device call
+    python scripts/gpu_check.py --print-device-command   # running it on a GPU machine without a package index
     scripts/gpu_check --out DIR                          # the same, after installing wheels carried in .whl/
 
 The parts (numbered as docs/benchmarks.md numbers them; they run in the order 2, 4, 1, 5, 3 so one
@@ -932,18 +932,20 @@ WHEELS = ("hydra-core==1.3.2", "omegaconf==2.3.0", "decord==0.6.0", "av==15.1.0"
 # scripts/gpu_check installs the carried wheels into /tmp/site, then runs this script
 DEVICE_RUN = "set -o pipefail; bash scripts/gpu_check --out $OUT 2>&1 | tee $OUT/gpu_check.log"
 DEVICE_COMMAND = """\
-# 1. Here, once, in the repository root: the packages the device image lacks, as wheels (about 54 MB).
+# 1. Here, once, in the repository root: what a GPU image with PyTorch, transformers, timm and Lightning
+#    but no package index lacks, as wheels for its Python 3.12 (about 54 MB, ignored by git).
 echo /.whl/ >> .git/info/exclude
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
   --platform manylinux2010_x86_64 -d .whl {wheels}
 python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # pure Python; omegaconf needs 4.9.*
 
-# 2. The device call, from a checkout holding this script: run(command=<the line below>, carry=[".whl"], timeout_s=600).
+# 2. On the GPU machine, in the repository root with .whl/ copied along (OUT: a folder to bring back;
+#    10 minutes is enough):
 {run}
 
-# 3. Here: the rows that came back into docs/benchmarks.md.
-python scripts/gpu_check.py --from-json <files_at>/gpu_check.json
+# 3. Back here: the rows into docs/benchmarks.md.
+python scripts/gpu_check.py --from-json <OUT brought back>/gpu_check.json
 """
 
 
@@ -971,7 +973,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--from-json", nargs="+", type=Path, default=None, metavar="JSON",
                    help="measure nothing: render saved reports (later files win, part by part) into the docs")
-    p.add_argument("--print-device-command", action="store_true", help="print the wheels to carry and the device call")
+    p.add_argument("--print-device-command", action="store_true",
+                   help="print how to run this on a GPU machine without a package index (the wheels to carry)")
     return p.parse_args(argv)
 
 
