@@ -281,11 +281,15 @@ def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypa
     assert 1 <= run.usable_cpus() <= (os.cpu_count() or 1)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(run, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(run, "busy_cpus", lambda: 0)
     before = torch.get_num_threads()
     try:
         assert run.configure_threads(cfg_factory(["data.num_workers=1"])) == 3  # a core for the decoding worker
         assert run.configure_threads(cfg_factory(["data.num_workers=8"])) == 1
         assert run.configure_threads(cfg_factory(["threads=2"])) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(run, "busy_cpus", lambda: 2)  # two other jobs on the machine
+        assert run.configure_threads(cfg_factory([])) == 2
+        assert run.configure_threads(cfg_factory(["data.num_workers=1"])) == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert run.configure_threads(cfg_factory([])) == 1
     finally:

@@ -42,8 +42,10 @@ def usable_cpus() -> int:
 def configure_threads(cfg: DictConfig) -> int:
     """torch's intra-op CPU threads for this run (``threads``): ``auto`` gives ``OMP_NUM_THREADS`` when
     it is set, else the usable CPUs less one per data-loader worker (decoding in a worker needs a
-    core of its own), at least 1; a number is taken as it is. torch's own default counts the
-    machine's cores, not what the process may use (a container's quota, its affinity mask)."""
+    core of its own) and less those other processes keep busy, at least 1; a number is taken as it
+    is. torch's own default counts the machine's cores, not what the process may use (a container's
+    quota, its affinity mask) or what is free. The count is recorded in metrics.json (``threads``):
+    results move by float rounding with it."""
     setting = cfg.get("threads", "auto")
     workers = int(cfg.get("data", {}).get("num_workers") or 0) if cfg.get("data") else 0
     if setting not in (None, "auto"):
@@ -51,11 +53,22 @@ def configure_threads(cfg: DictConfig) -> int:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the user's own choice for this shell
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
-        threads = max(1, usable_cpus() - workers)
+        threads = max(1, usable_cpus() - workers - busy_cpus())
     torch.set_num_threads(threads)
-    log.info("torch CPU threads: %d (threads=%s, %d usable CPUs, %d data workers)",
-             threads, setting, usable_cpus(), workers)
+    log.info("torch CPU threads: %d (threads=%s, %d usable CPUs, %d busy, %d data workers)",
+             threads, setting, usable_cpus(), busy_cpus(), workers)
     return threads
+
+
+def busy_cpus() -> int:
+    """CPUs other processes keep busy now: the 1-minute load average, rounded. On a shared machine a
+    thread more than the free cores is far from free: torch's threads wait on each other while the
+    cores are taken (40 steps of vst_ratio16 with two other jobs on 2 cores: 94-110 s at 2 threads,
+    30-34 s at 1)."""
+    try:
+        return int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):
+        return 0
 
 
 def fit_warmup_to_run(cfg: DictConfig) -> DictConfig:
@@ -101,9 +114,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
     With ``global_batch_size`` set, gradient accumulation is derived from it: samples per optimizer
     step = data.batch_size × world size × accumulate_grad_batches, whatever the device count."""
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")), logger=_instantiate_dict(cfg.get("logger")) or False
-    )
+    loggers = _instantiate_dict(cfg.get("logger"))
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    if not loggers:  # logger=none: a learning-rate monitor has nowhere to write (Lightning refuses to start)
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     interval, steps = trainer.val_check_interval, trainer.max_steps
     if isinstance(interval, int) and 0 < steps < interval:
         # A run shorter than one interval would never validate, so it would keep no best checkpoint
@@ -199,6 +214,7 @@ def summarize_run(cfg: DictConfig, model: VideoLLM, stage_metrics: dict[str, Any
         "tags": list(cfg.get("tags") or []),
         "trainable_params": trainable,
         "device": str(model.device),
+        "threads": torch.get_num_threads(),
     }
 
 
