@@ -303,3 +303,45 @@ def test_separations_mark_differences_beyond_the_seed_spread(tmp_path):
     text = report.write_markdown(runs, report.summarize(runs), tmp_path / "r.md", "t").read_text()
     assert "3 of 6 pairs of variants differ in accuracy by more than twice" in text
     assert "| none_baseline | qformer_global | 0.300 | 0.141 |" in text
+
+
+def test_separated_pairs_say_when_their_budget_is_equal(tmp_path):
+    """vst_ratio16 and qformer_global keep 36 KV entries each and differ by 0.27 (> 2 × 0.0707): a
+    separation at an equal KV budget. none and pool against qformer differ in every cost."""
+    runs = report.collect_runs(fake_sweep(tmp_path / "sweep"))
+    summary = report.summarize(runs)
+    cost = summary.set_index("variant")
+    assert report.equal_budget(cost, "vst_ratio16", "qformer_global") == ["KV"]
+    assert report.equal_budget(cost, "none_baseline", "vst_ratio16") == ["tokens"]
+    assert report.equal_budget(cost, "none_baseline", "qformer_global") == []
+    text = report.write_markdown(runs, summary, tmp_path / "r.md", "t").read_text()
+    assert "1 of the 3 are at an equal visual-token or KV budget" in text
+    assert "| vst_ratio16 | qformer_global | 0.270 | 0.141 | " in text and "| 512 / 32 | 36 / 36 | KV |" in text
+
+
+def test_held_out_and_per_task_columns_and_a_resolved_budget(tmp_path):
+    """A data=suite sweep: test/acc becomes the held-out column, val/acc_<task> and test/acc_<task> the
+    per-task tables, and the budget line reads the run's resolved config (no ${...} left)."""
+    root = fake_sweep(tmp_path / "sweep")
+    for job in sorted(root.iterdir()):
+        metrics_file = job / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        m = json.loads(metrics_file.read_text())
+        m.update({"test/acc": m["val/acc"] - 0.1, "val/acc_needle": 0.9, "val/acc_count": m["val/acc"],
+                  "val/acc_task_mean": m["val/acc"], "test/acc_needle": 0.8, "test/acc_count": 0.25})
+        metrics_file.write_text(json.dumps(m))
+        raw = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        raw["data"]["num_frames"] = "${.synthetic.num_frames}"
+        raw["data"]["synthetic"] = {"tasks": {"needle": {}, "count": {}}, "num_frames": 64, "num_train": 2000,
+                                    "num_val": 50}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = report.collect_runs(root)
+    text = report.write_markdown(runs, report.summarize(runs), tmp_path / "r.md", "t",
+                                 report._budget(root, runs)).read_text()
+    assert "| variant | compressor | runs ok | accuracy | held-out | visual tokens |" in text
+    assert "| none_baseline | Identity | 2/2 | 0.550 ± 0.071 | 0.450 ± 0.071 | 512 ± 0 |" in text
+    assert "40 steps × batch 4, 64 frames per video, synthetic needle, count: 2000 train / 50 val videos per task" in text
+    assert "## Per task, validation split (`val/acc_<task>`)" in text and "| variant | count | needle |" in text
+    assert "| none_baseline | 0.550 ± 0.071 | 0.900 ± 0.000 |" in text
+    assert "## Per task, held-out split (`test/acc_<task>`)" in text and "task_mean" not in text

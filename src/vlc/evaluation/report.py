@@ -43,6 +43,7 @@ ACCURACY = "val/acc"
 # (metrics.json key, results.md header, format, scale): the columns of the summary table.
 SUMMARY_COLUMNS = (
     (ACCURACY, "accuracy", ".3f", 1.0),
+    ("test/acc", "held-out", ".3f", 1.0),  # the test split (data=suite: unseen textures and shapes), when scored
     ("val/visual_tokens", "visual tokens", ".0f", 1.0),
     ("val/kv_tokens", "KV tokens", ".0f", 1.0),
     ("val/kv_bytes", "KV KiB", ".0f", 1 / 1024),
@@ -257,8 +258,8 @@ def separations(runs: pd.DataFrame, metric: str = ACCURACY) -> pd.DataFrame:
 def separation_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
     """The separated pairs, the better variant first, with both sides' visual tokens and KV KiB."""
     cost = summary.set_index("variant")
-    lines = ["| better | worse | Δ accuracy | 2 × larger std | Welch p | visual tokens | KV KiB |",
-             "|---|---|--:|--:|--:|--:|--:|"]
+    lines = ["| better | worse | Δ accuracy | 2 × larger std | Welch p | visual tokens | KV KiB | equal budget |",
+             "|---|---|--:|--:|--:|--:|--:|---|"]
     for _, r in pairs[pairs["separated"]].iterrows():
         better, worse = (r["a"], r["b"]) if r["difference"] > 0 else (r["b"], r["a"])
         tokens = " / ".join(_cell(cost.loc[v].get("val/visual_tokens", math.nan), math.nan, ".0f", 1.0)
@@ -266,8 +267,19 @@ def separation_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
         kv = " / ".join(_cell(cost.loc[v].get("val/kv_bytes", math.nan), math.nan, ".0f", 1 / 1024)
                         for v in (better, worse))
         lines.append(f"| {better} | {worse} | {abs(r['difference']):.3f} | {2 * r['spread']:.3f} | "
-                     f"{r['p']:.3g} | {tokens} | {kv} |")
+                     f"{r['p']:.3g} | {tokens} | {kv} | {', '.join(equal_budget(cost, better, worse))} |")
     return "\n".join(lines)
+
+
+def equal_budget(cost: pd.DataFrame, a: str, b: str) -> list[str]:
+    """Which costs two variants share exactly (``tokens``: visual tokens, ``KV``: KV bytes per video),
+    so that their accuracy difference is one at an equal budget."""
+    same = []
+    for key, short in (("val/visual_tokens", "tokens"), ("val/kv_bytes", "KV")):
+        x, y = cost.loc[a].get(key, math.nan), cost.loc[b].get(key, math.nan)
+        if x == x and y == y and math.isclose(x, y):
+            same.append(short)
+    return same
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +293,27 @@ def _cell(mean: float, std: float, fmt: str, scale: float) -> str:
     return text if std != std else f"{text} ± {format(std * scale, fmt)}"
 
 
+def _job_config(job_dir: Path) -> dict[str, Any]:
+    """A job's config with its values resolved: the run's ``config_resolved.yaml`` when it wrote one,
+    else Hydra's ``.hydra/config.yaml`` with its ``data`` node resolved where that needs no Hydra."""
+    resolved = _read_yaml(job_dir / "config_resolved.yaml")
+    if resolved:
+        return resolved
+    cfg = _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
+    if isinstance(cfg.get("data"), dict):
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+        try:  # relative interpolations such as num_frames: ${.synthetic.num_frames}
+            cfg["data"] = OmegaConf.to_container(OmegaConf.create({"data": cfg["data"]}), resolve=True)["data"]
+        except OmegaConfBaseException as e:  # an interpolation into the rest of the config: keep the raw text
+            log.debug("%s: data config left unresolved (%s)", job_dir, e)
+    return cfg
+
+
 def _budget(sweep_dir: Path, runs: pd.DataFrame) -> str:
     """The shared budget, read from the first job's composed config."""
     for run in runs["run"]:
-        cfg = _read_yaml(sweep_dir / run / ".hydra" / "config.yaml")
+        cfg = _job_config(sweep_dir / run)
         if not cfg:
             continue
         data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
@@ -292,8 +321,10 @@ def _budget(sweep_dir: Path, runs: pd.DataFrame) -> str:
         parts = [f"{trainer.get('max_steps')} steps × batch {data.get('batch_size')}",
                  f"{data.get('num_frames')} frames per video"]
         if data.get("source") == "synthetic" and synth:
-            parts.append(f"synthetic {synth.get('task')}: "
-                         f"{synth.get('num_train')} train / {synth.get('num_val')} val videos")
+            tasks = synth.get("tasks")
+            what = ", ".join(tasks) if isinstance(tasks, (dict, list)) and tasks else synth.get("task")
+            per = " per task" if isinstance(tasks, (dict, list)) and tasks else ""
+            parts.append(f"synthetic {what}: {synth.get('num_train')} train / {synth.get('num_val')} val videos{per}")
         return ", ".join(parts)
     return ""
 
@@ -313,6 +344,24 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_task_tables(summary: pd.DataFrame) -> list[str]:
+    """Markdown lines: per variant, mean ± std of ``<split>/acc_<task>`` for each split that has them
+    (a multi-task data set such as data=suite), so a reader sees which task a compressor loses."""
+    lines: list[str] = []
+    for split, name in (("val", "validation"), ("test", "held-out")):
+        prefix = f"{split}/acc_"
+        tasks = [c[len(prefix):] for c in summary.columns
+                 if c.startswith(prefix) and not c.endswith("_std") and c != prefix + "task_mean"]
+        if len(tasks) < 2:
+            continue
+        lines += ["", f"## Per task, {name} split (`{prefix}<task>`)", "",
+                  "| variant | " + " | ".join(tasks) + " |", "|---|" + "--:|" * len(tasks)]
+        for _, row in summary.iterrows():
+            cells = [_cell(row[prefix + t], row.get(prefix + t + "_std", math.nan), ".3f", 1.0) for t in tasks]
+            lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str, budget: str = "") -> Path:
     seeds = sorted({int(s) for s in runs["seed"].dropna()})
     n_ok = int((runs["status"] == "ok").sum())
@@ -327,7 +376,9 @@ def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title:
         steps = sorted(set(ok_steps.dropna().astype(int)))
         if len(steps) > 1:
             lines.append(f"**Warning: the runs trained for different numbers of steps ({steps}); not one budget.**")
-    lines += ["", "Accuracy: `val/acc` (4-way multiple choice, chance 0.25 on the synthetic tasks). Cost per "
+    lines += ["", "Accuracy: `val/acc` (4-way multiple choice, chance 0.25 on the synthetic tasks); held-out: "
+              "`test/acc`, the test split where the runs scored one (data=suite: textures and shapes training "
+              "never saw). Cost per "
               "validation video: visual tokens entering the LLM, KV-cache tokens and KiB after prefill, "
               "prefill latency, peak memory (process high-water mark on CPU). Pareto: the fronts "
               "(accuracy against tokens / KV bytes / prefill latency) the variant is on.", ""]
@@ -340,7 +391,11 @@ def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title:
                   f"their seed standard deviations (Welch's two-sided t-test p beside it); the others are within "
                   f"the seeds' noise. Costs: the better / the worse variant.", ""]
         if n:
+            cost = summary.set_index("variant")
+            at_equal = sum(bool(equal_budget(cost, r.a, r.b)) for r in pairs[pairs["separated"]].itertuples())
+            lines[-2] += f" {at_equal} of the {n} are at an equal visual-token or KV budget (last column)."
             lines.append(separation_table(pairs, summary))
+    lines += per_task_tables(summary)
     failed = runs[runs["status"] != "ok"]
     if len(failed):
         lines += ["", "## Failed runs", "", "| run | variant | seed | error |", "|---|---|---|---|"]
