@@ -53,6 +53,9 @@ def test_notebook_runs_on_a_fake_sweep(tmp_path, monkeypatch):
         rows = ["length,depth,accuracy,n"] + [f"{length},{depth},{a},4" for (length, depth), a in
                                               zip([(16, 0.0), (16, 1.0), (32, 0.0), (32, 1.0)], accuracy)]
         (sweep / job / "niah.csv").write_text("\n".join(rows) + "\n")
+    (sweep / "niah_qformer_global.csv").write_text("length,depth,accuracy,n\n16,0.0,0.25,4\n32,0.0,0.5,4\n")
+    (sweep / "lengths.csv").write_text("variant,acc_64,acc_256\nnone_baseline,0.7,0.4\npool_baseline,0.5,0.45\n"
+                                       "vst_ratio16,0.6,0.3\n")
     monkeypatch.setenv("VLC_SWEEP_DIR", str(sweep))
     monkeypatch.delenv("VLC_NIAH_DIR", raising=False)
     monkeypatch.delenv("VLC_BENCH_CSV", raising=False)
@@ -71,11 +74,15 @@ def test_notebook_runs_on_a_fake_sweep(tmp_path, monkeypatch):
     assert "2 of 11 runs failed: diffp (seed 1: RuntimeError: boom), moviechat" in text
     assert "none_baseline (seed 0): mean accuracy 0.69 over 4 cells; worst at 32 frames, depth 0 (0.25)" in text
     assert "vst_ratio16 (seed 0): mean accuracy 0.56" in text  # job 4: vst_ratio16, seed 0
+    assert "qformer_global: mean accuracy 0.38 over 2 cells" in text  # a niah_<variant>.csv names its variant
+    # accuracy against length (lengths.csv): pool drops 0.05, none 0.30, vst 0.30 (the first of the largest)
+    assert "From 64 to 256 frames, **pool_baseline** loses least (0.500 → 0.450)" in text
+    assert "Most accurate at 256 frames: **pool_baseline** (0.450)" in text
     # tokens vs frames, counted from the real compressors: pool keeps N/4 per frame, qformer 32 in all
     assert "a fixed token budget, whatever the length: qformer_global" in text
     assert "tokens growing with the frames: none_baseline, pool_baseline, vst_ratio16" in text
     assert "at 64 frames the fewest tokens" in text
     figures = sum("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", []))
-    assert figures == 3  # Pareto fronts, NIAH heatmaps, tokens vs frames
+    assert figures == 4  # Pareto fronts, NIAH heatmaps, accuracy vs length, tokens vs frames
     errors = [out for c in nb.cells for out in c.get("outputs", []) if out.get("output_type") == "error"]
     assert not errors
