@@ -57,8 +57,7 @@ def run_eval(out: Path, overrides: list[str]) -> dict:
     """One eval.py process writing into ``out`` (skipped when its metrics.json is there)."""
     if not (out / "metrics.json").is_file():
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(REPO / "eval.py"), f"hydra.run.dir={out}", "threads=1",
-               "callbacks.progress_bar.refresh_rate=0", *overrides]
+        cmd = [sys.executable, str(REPO / "eval.py"), f"hydra.run.dir={out}", "threads=1", *overrides]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"{' '.join(cmd)}\nfailed ({done.returncode}):\n{done.stderr[-2000:]}")

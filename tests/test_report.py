@@ -114,6 +114,18 @@ def test_variant_names():
     assert report.variant_names(trials, ["a", "b"]) == ["lr=0.0002561,stride=2", "lr=0.001,stride=4"]
     assert report.variant_names([["experiment=stc", "trainer.max_steps=9"]], ["STCConnector"]) == ["stc"]
     assert report.variant_names([[]], ["Identity"]) == ["Identity"]
+    # a sweep finished in parts: the part's experiment varies too, but names nothing the variant does not
+    parts = [["+experiment@_global_=none_baseline", "seed=0", "experiment=half1"],
+             ["+experiment@_global_=none_baseline", "seed=1", "experiment=half1"],
+             ["+experiment@_global_=vst_ratio4", "seed=0", "experiment=rest1"],
+             ["+experiment@_global_=diffp", "seed=0", "experiment=rest2"]]
+    assert report.variant_names(parts, list("abcd")) == ["none_baseline", "none_baseline", "vst_ratio4", "diffp"]
+    # ... unless it does: the same variant in two experiments is two variants
+    both = [["+experiment@_global_=pool_baseline", "experiment=a"], ["+experiment@_global_=pool_baseline", "experiment=b"],
+            ["+experiment@_global_=vst_ratio4", "experiment=a"]]
+    assert report.variant_names(both, list("xyz")) == ["experiment@_global_=pool_baseline,experiment=a",
+                                                       "experiment@_global_=pool_baseline,experiment=b",
+                                                       "experiment@_global_=vst_ratio4,experiment=a"]
 
 
 def test_vlc_report_writes_table_csv_and_plots(tmp_path, capsys):
@@ -315,7 +327,8 @@ def test_separated_pairs_say_when_their_budget_is_equal(tmp_path):
     assert report.equal_budget(cost, "none_baseline", "vst_ratio16") == ["tokens"]
     assert report.equal_budget(cost, "none_baseline", "qformer_global") == []
     text = report.write_markdown(runs, summary, tmp_path / "r.md", "t").read_text()
-    assert "1 of the 3 are at an equal visual-token or KV budget" in text
+    assert "1 of the 3 are at an equal visual-token or KV budget." in text
+    assert text.index("### At an equal visual-token or KV budget") < text.index("| vst_ratio16 | qformer_global |") < text.index("### At different budgets") < text.index("| none_baseline | qformer_global |")
     assert "| vst_ratio16 | qformer_global | 0.270 | 0.141 | " in text and "| 512 / 32 | 36 / 36 | KV |" in text
 
 

@@ -137,6 +137,13 @@ def variant_names(overrides: list[list[str]], fallback: list[str]) -> list[str]:
     parsed = [dict(_split_override(o) for o in job) for job in overrides]
     keys = list(dict.fromkeys(k for job in parsed for k in job))
     varying = [k for k in keys if k not in SEED_KEYS and len({job.get(k) for job in parsed}) > 1]
+    # A sweep finished in parts (`-m experiment=part2 '+experiment@_global_=…'`) also varies the top
+    # experiment; when the named variant already tells the jobs apart, that choice names nothing.
+    groups = lambda ks: len({tuple(job.get(k) for k in ks) for job in parsed})  # noqa: E731
+    for key in VARIANT_KEYS[1:]:
+        rest = [k for k in varying if k != key]
+        if key in varying and VARIANT_KEYS[0] in rest and groups(rest) == groups(varying):
+            varying = rest
     # Keys by their last part (optim.lr -> lr) unless two varying keys share it.
     tails = [k.rsplit(".", 1)[-1].lstrip("+~") for k in varying]
     labels = tails if len(set(tails)) == len(tails) else varying
@@ -256,7 +263,8 @@ def separations(runs: pd.DataFrame, metric: str = ACCURACY) -> pd.DataFrame:
 
 
 def separation_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """The separated pairs, the better variant first, with both sides' visual tokens and KV KiB."""
+    """The separated pairs of ``pairs``, the better variant first, with both sides' visual tokens and
+    KV KiB and which of the two they share."""
     cost = summary.set_index("variant")
     lines = ["| better | worse | Δ accuracy | 2 × larger std | Welch p | visual tokens | KV KiB | equal budget |",
              "|---|---|--:|--:|--:|--:|--:|---|"]
@@ -392,9 +400,13 @@ def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title:
                   f"the seeds' noise. Costs: the better / the worse variant.", ""]
         if n:
             cost = summary.set_index("variant")
-            at_equal = sum(bool(equal_budget(cost, r.a, r.b)) for r in pairs[pairs["separated"]].itertuples())
-            lines[-2] += f" {at_equal} of the {n} are at an equal visual-token or KV budget (last column)."
-            lines.append(separation_table(pairs, summary))
+            equal = pairs.apply(lambda r: bool(equal_budget(cost, r["a"], r["b"])), axis=1).astype(bool)
+            at_equal = int((equal & pairs["separated"]).sum())
+            lines[-2] += f" {at_equal} of the {n} are at an equal visual-token or KV budget."
+            if at_equal:
+                lines += ["### At an equal visual-token or KV budget", "", separation_table(pairs[equal], summary), ""]
+            if n - at_equal:
+                lines += ["### At different budgets", "", separation_table(pairs[~equal], summary)]
     lines += per_task_tables(summary)
     failed = runs[runs["status"] != "ok"]
     if len(failed):
