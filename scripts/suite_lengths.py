@@ -8,7 +8,8 @@
 ``logs`` is any folder above the ablation's job folders (``python train.py -m experiment=suite_ablation``
 or its two halves); a job is found by its ``.hydra/overrides.yaml`` (``+experiment@_global_=<variant>``,
 ``seed=<s>``) and its ``checkpoints/last.ckpt``. Each evaluation is one ``eval.py`` process with one torch
-thread (its run folder under ``<out>/runs/``); one that finished is not run again, so the command resumes.
+thread (its run folder under ``--runs``, by default ``<out>/runs/``); one that finished is not run again,
+so the command resumes.
 
 Written into ``--out``:
 
@@ -64,7 +65,8 @@ def run_eval(out: Path, overrides: list[str]) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def lengths(jobs: dict, out: Path, frames: list[int], per_task: int, seed: int) -> None:
+def lengths(jobs: dict, out: Path, frames: list[int], per_task: int, seed: int, runs: Path | None = None) -> None:
+    runs = runs or out / "runs"
     variants = list(dict.fromkeys(v for v, _ in jobs))
     rows = []
     for variant in variants:
@@ -79,7 +81,7 @@ def lengths(jobs: dict, out: Path, frames: list[int], per_task: int, seed: int) 
                "val_acc_seeds_mean": sum(seeds) / len(seeds),
                f"acc_{train_frames}": trained["val/acc"], f"visual_tokens_{train_frames}": trained["val/visual_tokens"]}
         for n in frames:
-            m = run_eval(out / "runs" / f"length_{n}" / variant, [
+            m = run_eval(runs / f"length_{n}" / variant, [
                 f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "data=suite", f"data.synthetic.num_frames={n}",
                 f"data.num_frames={n}", "data.synthetic.num_train=0", f"data.synthetic.num_val={per_task}",
                 "data.synthetic.num_heldout=0", "data.batch_size=1"])
@@ -108,13 +110,15 @@ def lengths(jobs: dict, out: Path, frames: list[int], per_task: int, seed: int) 
                f"suite, seed {seed}: mean accuracy over the six tasks (chance 0.25)")
 
 
-def niah(jobs: dict, out: Path, variants: list[str], lengths_: list[int], per_cell: int, seed: int) -> None:
+def niah(jobs: dict, out: Path, variants: list[str], lengths_: list[int], per_cell: int, seed: int,
+         runs: Path | None = None) -> None:
     curves, lines = {}, []
+    runs = runs or out / "runs"
     for variant in variants:
         job = jobs.get((variant, seed))
         if job is None:
             raise SystemExit(f"--niah {variant}: no finished job of seed {seed} under the folder")
-        run = out / "runs" / "niah" / variant
+        run = runs / "niah" / variant
         run_eval(run, [f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "mode=niah",
                        f"niah.lengths=[{','.join(map(str, lengths_))}]", "niah.depths=[0.0,0.25,0.5,0.75,1.0]",
                        f"niah.per_cell={per_cell}"])
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--niah-lengths", default="64,128,256,512,1024")
     p.add_argument("--per-cell", type=int, default=4, help="V-NIAH videos per (length, depth) cell")
     p.add_argument("--seed", type=int, default=0, help="whose checkpoints to evaluate")
+    p.add_argument("--runs", type=Path, default=None, help="where the eval.py run folders go (default: OUT/runs)")
     args = p.parse_args(argv)
     jobs = find_jobs(args.root)
     if not jobs:
@@ -171,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.niah:
         niah(jobs, args.out, args.niah.split(","), [int(n) for n in args.niah_lengths.split(",")], args.per_cell,
-             args.seed)
+             args.seed, args.runs)
     if args.frames:
-        lengths(jobs, args.out, [int(n) for n in args.frames.split(",")], args.per_task, args.seed)
+        lengths(jobs, args.out, [int(n) for n in args.frames.split(",")], args.per_task, args.seed, args.runs)
     return 0
 
 
