@@ -138,7 +138,7 @@ def test_vlc_report_writes_table_csv_and_plots(tmp_path, capsys):
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
-    assert md.startswith("# fake sweep\n")
+    assert md.startswith("# fake sweep\n\nMade by `vlc-report sweep` (the run folders")
     assert "11 runs (9 ok, 2 failed), 6 variants, seeds 0, 1" in md
     assert ("Budget of every run: 40 steps × batch 4, 16 frames per video, "
             "synthetic needle: 256 train / 32 val videos.") in md

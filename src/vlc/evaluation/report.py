@@ -370,10 +370,15 @@ def per_task_tables(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str, budget: str = "") -> Path:
+def write_markdown(runs: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str, budget: str = "",
+                   source: str = "") -> Path:
+    """results.md; ``source``: the sweep folder it was made from, named in its first lines."""
     seeds = sorted({int(s) for s in runs["seed"].dropna()})
     n_ok = int((runs["status"] == "ok").sum())
     lines = [f"# {title}", ""]
+    if source:
+        lines += [f"Made by `vlc-report {source}` (the run folders' commands: their `.hydra/overrides.yaml`, "
+                  "listed in results.csv).", ""]
     lines.append(f"{len(runs)} runs ({n_ok} ok, {len(runs) - n_ok} failed), {len(summary)} variants, "
                  f"seeds {', '.join(map(str, seeds)) or '–'}. "
                  "Mean ± std over the seeds' ok runs (no ± with one run).")
@@ -479,7 +484,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, title
     title = title or f"Sweep {sweep_dir.resolve().name}"
     written = {"results.csv": out_dir / "results.csv"}
     runs.to_csv(written["results.csv"], index=False, float_format="%.6g")
-    written["results.md"] = write_markdown(runs, summary, out_dir / "results.md", title, _budget(sweep_dir, runs))
+    written["results.md"] = write_markdown(runs, summary, out_dir / "results.md", title, _budget(sweep_dir, runs),
+                                           source=sweep_dir.name)
     for path in write_pareto_plots(summary, out_dir, title):
         written[path.name] = path
     return written
