@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,24 @@ def test_thread_count_follows_the_cpus_the_process_may_use(cfg_factory, monkeypa
         assert run.configure_threads(cfg_factory([])) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs /proc/stat")
+def test_busy_cpus_sees_a_process_spinning_now():
+    """A process spinning on one core is one busy CPU (or more, with whatever else runs); the count
+    is what runs now, not the 1-minute load average."""
+    import subprocess
+    import sys
+
+    from vlc import run
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter is up and spinning
+        assert run.busy_cpus(window=0.5) >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_a_run_shorter_than_the_warmup_still_trains_its_compressor(cfg_factory, caplog):

@@ -53,18 +53,37 @@ def configure_threads(cfg: DictConfig) -> int:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the user's own choice for this shell
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
-        threads = max(1, usable_cpus() - workers - busy_cpus())
+        busy = busy_cpus()
+        threads = max(1, usable_cpus() - workers - busy)
+        log.info("torch CPU threads: %d (threads=auto, %d usable CPUs, %d busy, %d data workers)",
+                 threads, usable_cpus(), busy, workers)
     torch.set_num_threads(threads)
-    log.info("torch CPU threads: %d (threads=%s, %d usable CPUs, %d busy, %d data workers)",
-             threads, setting, usable_cpus(), busy_cpus(), workers)
+    if setting not in (None, "auto") or os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        log.info("torch CPU threads: %d (threads=%s)", threads, setting)
     return threads
 
 
-def busy_cpus() -> int:
-    """CPUs other processes keep busy now: the 1-minute load average, rounded. On a shared machine a
-    thread more than the free cores is far from free: torch's threads wait on each other while the
-    cores are taken (40 steps of vst_ratio16 with two other jobs on 2 cores: 94-110 s at 2 threads,
-    30-34 s at 1)."""
+def busy_cpus(window: float = 0.3) -> int:
+    """CPUs other processes keep busy now, rounded: the machine's non-idle share of CPU time over
+    ``window`` seconds (``/proc/stat``; this process is idle meanwhile) times its CPUs, else the 1-minute
+    load average, which still counts a job that ended a minute ago (a ``pip install`` just before the
+    run). On a shared machine a thread more than the free cores is far from free: torch's threads
+    wait on each other while the cores are taken (40 steps of vst_ratio16 with two other jobs on 2
+    cores: 94-110 s at 2 threads, 30-34 s at 1)."""
+    def cpu_times() -> tuple[int, int]:  # (busy, total) jiffies over all CPUs
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is already in user
+
+    try:
+        busy0, total0 = cpu_times()
+        time.sleep(window)
+        busy1, total1 = cpu_times()
+        if total1 > total0:
+            return int((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1) + 0.5)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.getloadavg()[0] + 0.5)
     except (AttributeError, OSError):
