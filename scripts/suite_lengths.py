@@ -43,8 +43,10 @@ NIAH_DEFAULT = "none_baseline,pool_baseline,vst_ratio16,moviechat,qformer_global
 def find_jobs(root: Path) -> dict[tuple[str, int], Path]:
     """(variant, seed) -> job folder, for every finished job (metrics.json and last.ckpt) under root."""
     jobs: dict[tuple[str, int], Path] = {}
-    natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]  # noqa: E731
-    for path in sorted(root.rglob(".hydra/overrides.yaml"), key=natural):  # sweep order: job 10 after 9
+    def natural(path: Path) -> list:  # sweep order: job 10 after 9
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+    for path in sorted(root.rglob(".hydra/overrides.yaml"), key=natural):
         job = path.parent.parent
         if not (job / "metrics.json").is_file() or not (job / "checkpoints" / "last.ckpt").is_file():
             continue

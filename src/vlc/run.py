@@ -49,17 +49,15 @@ def configure_threads(cfg: DictConfig) -> int:
     setting = cfg.get("threads", "auto")
     workers = int(cfg.get("data", {}).get("num_workers") or 0) if cfg.get("data") else 0
     if setting not in (None, "auto"):
-        threads = int(setting)
+        threads, why = int(setting), f"threads={setting}"
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the user's own choice for this shell
-        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        threads, why = max(1, int(os.environ["OMP_NUM_THREADS"])), "threads=auto, OMP_NUM_THREADS"
     else:
         busy = busy_cpus()
         threads = max(1, usable_cpus() - workers - busy)
-        log.info("torch CPU threads: %d (threads=auto, %d usable CPUs, %d busy, %d data workers)",
-                 threads, usable_cpus(), busy, workers)
+        why = f"threads=auto, {usable_cpus()} usable CPUs, {busy} busy, {workers} data workers"
     torch.set_num_threads(threads)
-    if setting not in (None, "auto") or os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        log.info("torch CPU threads: %d (threads=%s)", threads, setting)
+    log.info("torch CPU threads: %d (%s)", threads, why)
     return threads
 
 

@@ -139,7 +139,9 @@ def variant_names(overrides: list[list[str]], fallback: list[str]) -> list[str]:
     varying = [k for k in keys if k not in SEED_KEYS and len({job.get(k) for job in parsed}) > 1]
     # A sweep finished in parts (`-m experiment=part2 '+experiment@_global_=…'`) also varies the top
     # experiment; when the named variant already tells the jobs apart, that choice names nothing.
-    groups = lambda ks: len({tuple(job.get(k) for k in ks) for job in parsed})  # noqa: E731
+    def groups(ks: list[str]) -> int:  # how many distinct jobs these keys tell apart
+        return len({tuple(job.get(k) for k in ks) for job in parsed})
+
     for key in VARIANT_KEYS[1:]:
         rest = [k for k in varying if k != key]
         if key in varying and VARIANT_KEYS[0] in rest and groups(rest) == groups(varying):
